@@ -1,0 +1,87 @@
+"""Top-down inference on whole images: crop each person box, run the model (flip test), decode with DARK.
+
+Used by `transpose explain`, by evaluation during training and by `transpose predict`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from transpose.codec import HeatmapCodec, flip_test
+from transpose.geometry import box_to_center_scale, get_affine_transform
+from transpose.keypoints import COCO, MPII, KeypointSet
+
+
+def read_image_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image as RGB uint8, ignoring EXIF orientation (as the reference does)."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None:
+        raise ValueError(f"cannot decode image {path}: missing, truncated or not an image file")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def keypoint_set_for(num_keypoints: int) -> KeypointSet:
+    """COCO for 17 keypoints, MPII for 16, else a nameless set without flip pairs."""
+    if num_keypoints == COCO.num_keypoints:
+        return COCO
+    if num_keypoints == MPII.num_keypoints:
+        return MPII
+    names = tuple(f"kp{i}" for i in range(num_keypoints))
+    return KeypointSet(name=f"custom{num_keypoints}", names=names, flip_pairs=(), skeleton=())
+
+
+def crop(image_rgb: np.ndarray, center, scale, image_size_hw: tuple[int, int], rotation: float = 0.0) -> np.ndarray:
+    """The reference's bilinear affine crop with a constant 0 border; returns uint8 [h, w, 3]."""
+    h, w = image_size_hw
+    matrix = get_affine_transform(center, scale, rotation, (w, h))
+    return cv2.warpAffine(image_rgb, matrix, (w, h), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
+
+
+def normalize(crops_rgb: np.ndarray, mean, std) -> torch.Tensor:
+    """uint8 [N, h, w, 3] RGB -> float [N, 3, h, w], /255 then ImageNet mean/std."""
+    x = torch.from_numpy(np.ascontiguousarray(crops_rgb)).float().div_(255.0)
+    x = (x - torch.tensor(mean)) / torch.tensor(std)
+    return x.permute(0, 3, 1, 2).contiguous()
+
+
+@dataclass
+class Prediction:
+    keypoints: np.ndarray  # [N, K, 2] image coordinates
+    scores: np.ndarray  # [N, K] heatmap maxima
+    heatmaps: np.ndarray  # [N, K, H, W] (flip-averaged)
+    centers: np.ndarray  # [N, 2]
+    scales: np.ndarray  # [N, 2]
+
+
+@torch.no_grad()
+def predict_boxes(
+    model: torch.nn.Module,
+    image_rgb: np.ndarray,
+    boxes,
+    keypoint_set: KeypointSet | None = None,
+    flip: bool = True,
+    dark: bool = True,
+    batch_size: int = 32,
+) -> Prediction:
+    """Pose of each [x, y, w, h] box of one image, in image coordinates."""
+    cfg = model.data_config
+    h, w = cfg.image_size
+    keypoint_set = keypoint_set or keypoint_set_for(cfg.num_keypoints)
+    codec = HeatmapCodec.for_model(cfg.image_size)
+    centers, scales = zip(*(box_to_center_scale(b, w / h) for b in boxes)) if len(boxes) else ((), ())
+    centers, scales = np.asarray(centers, np.float32).reshape(-1, 2), np.asarray(scales, np.float32).reshape(-1, 2)
+    crops = np.stack([crop(image_rgb, c, s, cfg.image_size) for c, s in zip(centers, scales)]) if len(boxes) else None
+    device = next(model.parameters()).device
+    heatmaps = []
+    for start in range(0, len(centers), batch_size):
+        x = normalize(crops[start : start + batch_size], cfg.mean, cfg.std).to(device)
+        out = flip_test(model, x, keypoint_set.flip_pairs) if flip else model(x)
+        heatmaps.append(out.float().cpu().numpy())
+    heatmaps = np.concatenate(heatmaps) if heatmaps else np.zeros((0, cfg.num_keypoints, h // 4, w // 4), np.float32)
+    keypoints, scores = codec.decode(heatmaps, centers, scales, dark=dark)
+    return Prediction(keypoints, scores, heatmaps, centers, scales)
