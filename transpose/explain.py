@@ -43,7 +43,9 @@ class AttentionAreas:
         return F.interpolate(maps, scale_factor=self.stride, mode="bilinear", align_corners=False).numpy()
 
 
-def keypoint_tokens(keypoints_hm: np.ndarray, token_grid: tuple[int, int], stride: int, heatmap_stride: int = 4) -> np.ndarray:
+def keypoint_tokens(
+    keypoints_hm: np.ndarray, token_grid: tuple[int, int], stride: int, heatmap_stride: int = 4
+) -> np.ndarray:
     """Token index of each keypoint [K, 2] given in heatmap coordinates."""
     h, w = token_grid
     pixels = np.asarray(keypoints_hm, dtype=np.float64) * heatmap_stride + 0.5
@@ -82,7 +84,9 @@ def explain_crop(model: torch.nn.Module, crop: torch.Tensor, threshold: float | 
     return areas, coords[0], maxvals[0, :, 0]
 
 
-def draw_skeleton(ax, keypoints: np.ndarray, keypoint_set: KeypointSet, scores: np.ndarray | None = None, min_score: float = 0.0) -> None:
+def draw_skeleton(
+    ax, keypoints: np.ndarray, keypoint_set: KeypointSet, scores: np.ndarray | None = None, min_score: float = 0.0
+) -> None:
     """Skeleton on a matplotlib axis: left limbs blue, right limbs orange, others green."""
     shown = np.ones(len(keypoints), bool) if scores is None else scores > min_score
     for a, b in keypoint_set.skeleton:
@@ -124,7 +128,10 @@ def plot_attention_areas(
             ax.scatter(*keypoints_crop[j], s=18, marker="*", c="white", edgecolors="black", linewidths=0.4)
             if layer == 0:
                 ax.set_title(keypoint_set.names[j].replace("_", "\n"), fontsize=7)
+    height, width = crop_rgb.shape[:2]
     for ax in axes.flat:
+        ax.set_xlim(-0.5, width - 0.5)
+        ax.set_ylim(height - 0.5, -0.5)
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title or f"{which} areas (delta = {areas.threshold:g})", fontsize=10)

@@ -48,15 +48,46 @@ COCO_SIGMAS = (
 COCO = KeypointSet(
     name="coco",
     names=(
-        "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
-        "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
-        "left_knee", "right_knee", "left_ankle", "right_ankle",
-    ),  # fmt: skip
+        "nose",
+        "left_eye",
+        "right_eye",
+        "left_ear",
+        "right_ear",
+        "left_shoulder",
+        "right_shoulder",
+        "left_elbow",
+        "right_elbow",
+        "left_wrist",
+        "right_wrist",
+        "left_hip",
+        "right_hip",
+        "left_knee",
+        "right_knee",
+        "left_ankle",
+        "right_ankle",
+    ),
     flip_pairs=((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)),
     skeleton=(
-        (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7),
-        (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
-    ),  # fmt: skip
+        (15, 13),
+        (13, 11),
+        (16, 14),
+        (14, 12),
+        (11, 12),
+        (5, 11),
+        (6, 12),
+        (5, 6),
+        (5, 7),
+        (6, 8),
+        (7, 9),
+        (8, 10),
+        (1, 2),
+        (0, 1),
+        (0, 2),
+        (1, 3),
+        (2, 4),
+        (3, 5),
+        (4, 6),
+    ),
     sigmas=COCO_SIGMAS,
     upper_body=tuple(range(11)),
     lower_body=tuple(range(11, 17)),
@@ -65,15 +96,41 @@ COCO = KeypointSet(
 MPII = KeypointSet(
     name="mpii",
     names=(
-        "right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle", "pelvis", "thorax",
-        "upper_neck", "head_top", "right_wrist", "right_elbow", "right_shoulder", "left_shoulder",
-        "left_elbow", "left_wrist",
-    ),  # fmt: skip
+        "right_ankle",
+        "right_knee",
+        "right_hip",
+        "left_hip",
+        "left_knee",
+        "left_ankle",
+        "pelvis",
+        "thorax",
+        "upper_neck",
+        "head_top",
+        "right_wrist",
+        "right_elbow",
+        "right_shoulder",
+        "left_shoulder",
+        "left_elbow",
+        "left_wrist",
+    ),
     flip_pairs=((0, 5), (1, 4), (2, 3), (10, 15), (11, 14), (12, 13)),
     skeleton=(
-        (0, 1), (1, 2), (2, 6), (6, 3), (3, 4), (4, 5), (6, 7), (7, 8), (8, 9),
-        (7, 12), (12, 11), (11, 10), (7, 13), (13, 14), (14, 15),
-    ),  # fmt: skip
+        (0, 1),
+        (1, 2),
+        (2, 6),
+        (6, 3),
+        (3, 4),
+        (4, 5),
+        (6, 7),
+        (7, 8),
+        (8, 9),
+        (7, 12),
+        (12, 11),
+        (11, 10),
+        (7, 13),
+        (13, 14),
+        (14, 15),
+    ),
     upper_body=tuple(range(7, 16)),
     lower_body=tuple(range(0, 7)),
 )
@@ -109,7 +166,9 @@ def from_coco_category(category: dict, sigmas=None) -> KeypointSet:
         if j is not None and i < j:
             pairs.append((i, j))
     skeleton = tuple(
-        (int(a) - 1, int(b) - 1) for a, b in category.get("skeleton") or () if 0 < a <= len(names) and 0 < b <= len(names)
+        (int(a) - 1, int(b) - 1)
+        for a, b in category.get("skeleton") or ()
+        if 0 < a <= len(names) and 0 < b <= len(names)
     )
     if sigmas is None and names == COCO.names:
         sigmas = COCO_SIGMAS

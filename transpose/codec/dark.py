@@ -43,7 +43,7 @@ def blur_heatmaps(heatmaps: np.ndarray, kernel: int = 11) -> np.ndarray:
 def dark_refine(heatmaps: np.ndarray, coords: np.ndarray, kernel: int = 11) -> np.ndarray:
     """Refine integer argmax coords [N, K, 2] on heatmaps [N, K, H, W]; returns new float coords."""
     hm = np.log(np.maximum(blur_heatmaps(heatmaps, kernel), 1e-10))
-    n, k, h, w = hm.shape
+    h, w = hm.shape[-2:]
     coords = coords.astype(np.float32).copy()
     px = coords[..., 0].astype(np.int64)
     py = coords[..., 1].astype(np.int64)

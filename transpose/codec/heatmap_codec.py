@@ -49,7 +49,9 @@ class HeatmapCodec:
                 f"{self.heatmap_size[0]}x{self.heatmap_size[1]}"
             )
         coords, maxvals = decode_heatmaps(heatmaps, dark=dark, kernel=self.blur_kernel)
-        keypoints = np.stack(
-            [transform_preds(coords[i], centers[i], scales[i], self.heatmap_size) for i in range(len(coords))]
-        ) if len(coords) else np.zeros((0, heatmaps.shape[1], 2))
+        keypoints = (
+            np.stack([transform_preds(coords[i], centers[i], scales[i], self.heatmap_size) for i in range(len(coords))])
+            if len(coords)
+            else np.zeros((0, heatmaps.shape[1], 2))
+        )
         return keypoints.astype(np.float32), maxvals[..., 0]

@@ -63,7 +63,9 @@ def load_coco_ground_truth(source: str | Path | dict, sigmas=None) -> CocoGround
         raise CocoFormatError(f"{name}: expected a JSON object with images/annotations/categories")
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
-            raise CocoFormatError(f"{name}: missing list '{key}'; a COCO keypoint file needs images, annotations, categories")
+            raise CocoFormatError(
+                f"{name}: missing list '{key}'; a COCO keypoint file needs images, annotations, categories"
+            )
     categories = [c for c in data["categories"] if c.get("keypoints")]
     if not categories:
         raise CocoFormatError(f"{name}: no category lists 'keypoints' names; is this a keypoint annotation file?")
@@ -211,7 +213,12 @@ def ground_truth_as_results(gt: CocoGroundTruth) -> list[dict]:
         kpts = np.asarray(ann["keypoints"], dtype=np.float64).reshape(-1, 3)
         kpts[:, 2] = 1.0
         results.append(
-            {"image_id": ann["image_id"], "category_id": ann["category_id"], "keypoints": kpts.reshape(-1).tolist(), "score": 1.0}
+            {
+                "image_id": ann["image_id"],
+                "category_id": ann["category_id"],
+                "keypoints": kpts.reshape(-1).tolist(),
+                "score": 1.0,
+            }
         )
     return results
 
@@ -219,4 +226,12 @@ def ground_truth_as_results(gt: CocoGroundTruth) -> list[dict]:
 def format_coco_table(metrics: dict[str, float]) -> str:
     """A one-row markdown table of the headline COCO metrics."""
     keys = COCO_METRIC_NAMES[:6]
-    return "| " + " | ".join(keys) + " |\n|" + "---|" * len(keys) + "\n| " + " | ".join(f"{metrics[k]:.3f}" for k in keys) + " |"
+    return (
+        "| "
+        + " | ".join(keys)
+        + " |\n|"
+        + "---|" * len(keys)
+        + "\n| "
+        + " | ".join(f"{metrics[k]:.3f}" for k in keys)
+        + " |"
+    )

@@ -71,7 +71,10 @@ def load_mpii_ground_truth(path: str | Path) -> MpiiGroundTruth:
         raise ValueError(f"{path} lacks {missing}; expected the layout of the official gt_valid.mat")
     gt = MpiiGroundTruth(mat["pos_gt_src"], mat["jnt_missing"], mat["headboxes_src"], str(path))
     if gt.pos_gt_src.shape[:2] != (16, 2) or gt.jnt_missing.shape != (16, gt.num_people):
-        raise ValueError(f"{path}: pos_gt_src {gt.pos_gt_src.shape} / jnt_missing {gt.jnt_missing.shape} are not [16, 2, N] / [16, N]")
+        raise ValueError(
+            f"{path}: pos_gt_src {gt.pos_gt_src.shape} and jnt_missing {gt.jnt_missing.shape} "
+            "are not [16, 2, N] and [16, N]"
+        )
     return gt
 
 
@@ -79,7 +82,9 @@ def pckh_curve(preds: np.ndarray, gt: MpiiGroundTruth, thresholds: np.ndarray) -
     """PCKh per joint [len(thresholds), 16] in percent, and the visible-joint counts [16]."""
     preds = np.asarray(preds, dtype=np.float64)
     if preds.shape != (gt.num_people, 16, 2):
-        raise ValueError(f"predictions have shape {preds.shape}, expected ({gt.num_people}, 16, 2) to match {gt.source}")
+        raise ValueError(
+            f"predictions have shape {preds.shape}, expected ({gt.num_people}, 16, 2) to match {gt.source}"
+        )
     pos_pred_src = np.transpose(preds + 1.0, [1, 2, 0])  # 0-based -> 1-based, [16, 2, N]
     visible = 1 - gt.jnt_missing
     uv_err = np.linalg.norm(pos_pred_src - gt.pos_gt_src, axis=1)  # [16, N]
@@ -113,4 +118,12 @@ def evaluate_mpii(preds: np.ndarray, gt: MpiiGroundTruth) -> dict[str, float]:
 def format_mpii_table(metrics: dict[str, float]) -> str:
     header = [*PART_JOINTS, "Mean@0.5", "Mean@0.1", "Mean@0.1 (ref: 0.11)"]
     values = [metrics[p] for p in PART_JOINTS] + [metrics["PCKh"], metrics["PCKh_0.1"], metrics["PCKh_0.11"]]
-    return "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n| " + " | ".join(f"{v:.2f}" for v in values) + " |"
+    return (
+        "| "
+        + " | ".join(header)
+        + " |\n|"
+        + "---|" * len(header)
+        + "\n| "
+        + " | ".join(f"{v:.2f}" for v in values)
+        + " |"
+    )

@@ -48,9 +48,25 @@ def _is_state_dict(obj: dict) -> bool:
     return bool(obj) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
 
 
+def _module_of(key: str) -> str:
+    """A key's module up to its first numeric index: 'stage3.0.fuse...' -> 'stage3.0', 'conv2.weight' -> 'conv2'."""
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part.isdigit():
+            return ".".join(parts[: i + 1])
+    return parts[0] if len(parts) > 1 else key
+
+
 def _listing(keys: list[str], limit: int = 12) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+    """Keys themselves when few, else grouped by module with counts."""
+    if len(keys) <= limit:
+        return ", ".join(keys)
+    groups: dict[str, int] = {}
+    for key in keys:
+        groups[_module_of(key)] = groups.get(_module_of(key), 0) + 1
+    shown = [f"{name}.* ({n})" for name, n in list(groups.items())[: 2 * limit]]
+    more = len(groups) - 2 * limit
+    return ", ".join(shown) + (f", ... ({more} more modules)" if more > 0 else "")
 
 
 def _infer_grid(length: int, grid: tuple[int, int]) -> tuple[int, int] | None:
@@ -93,7 +109,9 @@ def load_reference_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     wrong_shape = [
-        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
     ]
     if missing or unexpected or wrong_shape:
         lines = [f"{path} does not fit {type(model).__name__}:"]
@@ -102,7 +120,10 @@ def load_reference_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
         if unexpected:
             lines.append(f"  unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
         if wrong_shape:
-            lines.append(f"  wrong shapes ({len(wrong_shape)}): {_listing(wrong_shape, 6)}")
+            lines.append(
+                f"  wrong shapes ({len(wrong_shape)}): {', '.join(wrong_shape[:6])}"
+                + (" ..." if len(wrong_shape) > 6 else "")
+            )
         lines.append("  check that the model name (and d_model/num_layers/width) matches the checkpoint")
         raise CheckpointMismatchError("\n".join(lines))
     model.load_state_dict(state, strict=True)
@@ -128,7 +149,7 @@ def load_pretrained_backbone(model: nn.Module, path: str | Path) -> dict[str, in
     wrong = [f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}" for k, v in chosen.items() if v.shape != own[k].shape]
     if wrong:
         raise CheckpointMismatchError(
-            f"{path} does not fit the backbone of {type(model).__name__} (another width?): {_listing(wrong, 6)}"
+            f"{path} does not fit the backbone of {type(model).__name__} (another width?): {', '.join(wrong[:6])}"
         )
     if getattr(model, "deconv_layers", False) is not False:  # TransPose-R
         for m in [model.reduce, *(model.deconv_layers or [])]:

@@ -73,9 +73,7 @@ def transpose_h_w48_d64(**kwargs) -> TransPoseH:
 
 def transpose_h_w48_d192_mh2(**kwargs) -> TransPoseH:
     """Ablation: HRNet-S-W48, d=192, 2 heads, FFN 384, 4 layers."""
-    return TransPoseH(
-        **{"width": 48, "d_model": 192, "nhead": 2, "dim_feedforward": 384, "num_layers": 4, **kwargs}
-    )
+    return TransPoseH(**{"width": 48, "d_model": 192, "nhead": 2, "dim_feedforward": 384, "num_layers": 4, **kwargs})
 
 
 MODELS: dict[str, Callable[..., TransPose]] = {

@@ -253,4 +253,3 @@ def check_input(x: Tensor, divisor: int, model_name: str) -> None:
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"{model_name} expects images [B, 3, H, W], got shape {tuple(x.shape)}")
     check_image_size(x.shape[-2:], divisor, model_name)
-
