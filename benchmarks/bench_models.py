@@ -1,6 +1,7 @@
 """CPU benchmark of the TransPose model library, written as a markdown section of docs/benchmarks.md.
 
-Command (the full run, about ten minutes on 2 cores; the machine should be otherwise idle):
+Command (the full run: about five minutes on an idle 2-core machine; run it when nothing else is using the
+cores, since one competing process can slow a 2-thread forward several-fold; see the "cores busy" column):
 
     .venv/bin/python benchmarks/bench_models.py
 
@@ -23,8 +24,8 @@ softmax matrices materialised) at 256x192 and 384x288. Each configuration runs i
 reports the peak resident set size during its first forward minus the RSS after building model and input.
 The peak is the kernel's per-process high-water mark (VmHWM), the figure ru_maxrss is made from: ru_maxrss
 itself is unusable in a child, because Linux carries the parent's peak over at exec (a child of a 2 GB
-parent reports ru_maxrss >= 2 GB whatever it does), so the probe reads VmHWM after resetting it through
-/proc/self/clear_refs, and falls back to ru_maxrss elsewhere.
+parent reports ru_maxrss >= 2 GB whatever it does; checked on Linux 6.18), so the probe reads VmHWM after
+resetting it through /proc/self/clear_refs, and falls back to ru_maxrss elsewhere.
 """
 
 from __future__ import annotations
