@@ -1,0 +1,1 @@
+"""Data operations: the synthetic dataset, and the data pipeline around it."""
