@@ -64,7 +64,7 @@ class _TarBuilder:
 
     def __init__(self):
         self.buffer = io.BytesIO()
-        self.tar = tarfile.open(fileobj=self.buffer, mode="w", format=tarfile.USTAR_FORMAT)
+        self.tar = tarfile.open(fileobj=self.buffer, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
         self.index_lines: list[str] = []
 
     def add_sample(self, key: str, members: Sequence[tuple[str, bytes]]) -> None:
@@ -113,6 +113,9 @@ def _encode_sample(record: PersonRecord, kset: KeypointSet, config: ShardConfig,
         params = [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality]
         params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
         ok, encoded = cv2.imencode(".jpg", image[y0:y1, x0:x1], params)
+        if not ok:
+            report.add("unencodable region", f"{path} (sample {record.key})")
+            return None
         payload, offset = encoded.tobytes(), (x0, y0)
     else:
         payload, offset = raw, (0, 0)
