@@ -8,10 +8,13 @@ samples from the start of the permutation, as DALI's pad_last_batch does).
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from dataops.datasets.records import SkipReport
 
 MEMBERS = ("jpg", "geom.f32", "kpt.f32", "half.f32", "ids.i64")
 
@@ -53,11 +56,48 @@ def read_index(tar: Path) -> list[SampleLocation]:
     return samples
 
 
+@dataclass
+class ShardSet:
+    """A split's shards checked against their indexes: the complete samples, and index files that list only
+    those (for DALI, which cannot skip a sample): a truncated tar loses only the samples past its end."""
+
+    tars: list[Path]
+    index_paths: list[Path]
+    samples: list[SampleLocation]
+    report: SkipReport
+
+
+def open_shards(shard_dir: str | Path, split: str) -> ShardSet:
+    tars = find_shards(shard_dir, split)
+    report = SkipReport()
+    samples, index_paths = [], []
+    repaired_dir: Path | None = None
+    for tar in tars:
+        entries = read_index(tar)
+        size = tar.stat().st_size
+        complete = [e for e in entries if all(off + n <= size for off, n in e.members.values())]
+        for lost in entries[len(complete) :] if len(complete) < len(entries) else []:
+            report.add("truncated shard", f"{tar} (sample {lost.key})")
+        samples.extend(complete)
+        if len(complete) == len(entries):
+            index_paths.append(tar.with_suffix(".idx"))
+            continue
+        if repaired_dir is None:
+            repaired_dir = Path(tempfile.mkdtemp(prefix="repaired-idx-"))
+        lines = [" ".join(f"{ext} {off} {n} {e.key}.{ext}" for ext, (off, n) in e.members.items()) for e in complete]
+        fixed = repaired_dir / tar.with_suffix(".idx").name
+        fixed.write_text(f"v1.2 {len(lines)}\n" + "".join(line + "\n" for line in lines))
+        index_paths.append(fixed)
+    if not samples:
+        raise FileNotFoundError(f"{shard_dir}: the '{split}' shards hold no complete sample ({report.summary()})")
+    return ShardSet(tars, index_paths, samples, report)
+
+
 class ShardIndex:
     """All samples of a list of shards, readable by position."""
 
-    def __init__(self, tars: list[Path]):
-        self.samples = [s for tar in tars for s in read_index(tar)]
+    def __init__(self, samples: list[SampleLocation]):
+        self.samples = samples
         self._handles: dict[Path, object] = {}
 
     def __len__(self) -> int:

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from dataops.augment import crop_matrix, draw_params
 from dataops.loaders.common import LoaderConfig
-from dataops.loaders.shard_index import ShardIndex, epoch_order, find_shards
+from dataops.loaders.shard_index import ShardIndex, ShardSet, epoch_order, open_shards
 
 
 def decode_sample(raw: dict[str, bytes], config: LoaderConfig, rng: np.random.Generator | None) -> dict:
@@ -55,8 +55,9 @@ def decode_sample(raw: dict[str, bytes], config: LoaderConfig, rng: np.random.Ge
 class ShardDataset(Dataset):
     """Map-style view of shards: item (position, epoch, valid) -> normalised crop and numbers."""
 
-    def __init__(self, tars: list[Path], config: LoaderConfig):
-        self.index = ShardIndex(tars)
+    def __init__(self, shards: ShardSet, config: LoaderConfig):
+        self.index = ShardIndex(shards.samples)
+        self.skipped = shards.report
         self.config = config
         self.mean = np.asarray(config.mean, np.float32) * 255.0
         self.std = np.asarray(config.std, np.float32) * 255.0
@@ -104,7 +105,10 @@ def torch_loader(
     shard_dir: str | Path, split: str, config: LoaderConfig, rank: int = 0, world_size: int = 1
 ) -> tuple[DataLoader, EpochSampler]:
     """DataLoader over a split's shards for one rank; call `sampler.set_epoch(e)` before each epoch."""
-    dataset = ShardDataset(find_shards(shard_dir, split), config)
+    shards = open_shards(shard_dir, split)
+    if shards.report.total:
+        print(f"{split} shards: {shards.report.summary()}")
+    dataset = ShardDataset(shards, config)
     sampler = EpochSampler(len(dataset), rank, world_size, config)
     loader = DataLoader(
         dataset,
