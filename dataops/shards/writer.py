@@ -13,7 +13,8 @@ Numbers DALI's graph needs are raw little-endian float32, since DALI cannot pars
 
 Region storage (store="region"): the part of the image that any augmentation of the sample can read (the
 rotated crop's disc at the largest scale, over the plain and half-body boxes, clipped to the image), encoded
-as JPEG quality 95 with 4:4:4 chroma; geometry stays exact through the recorded offset. store="image" keeps
+as JPEG quality 95 with 4:4:4 chroma; geometry stays exact through the recorded offset. A region that covers
+most of the image (region_max_fraction) keeps the original bytes instead: no saving to be had there. store="image" keeps
 the original JPEG bytes (decoded whole for every person, as the reference's loader does).
 
 Determinism and resumption: shard i always holds records [i*n, (i+1)*n) of the split (records that cannot be
@@ -50,6 +51,7 @@ class ShardConfig:
     samples_per_shard: int = 256
     store: str = "region"  # "region" or "image"
     jpeg_quality: int = 95
+    region_max_fraction: float = 0.8  # a region covering more of the image than this keeps the original bytes
     aspect_ratio: float = 0.75  # w/h of the model input: sets the crop height from its width
     augment: AugmentConfig = AugmentConfig()  # sets the margin of stored regions
     workers: int = 2
@@ -103,6 +105,7 @@ def _encode_sample(record: PersonRecord, kset: KeypointSet, config: ShardConfig,
         return None
     height, width = image.shape[:2]
     options = half_body_options(record.joints, record.visible, kset.upper_body, config.aspect_ratio)
+    payload, offset = raw, (0, 0)
     if config.store == "region":
         x0, y0, x1, y1 = sample_region(
             record.center, record.scale, options, config.augment, config.aspect_ratio, width, height
@@ -110,6 +113,7 @@ def _encode_sample(record: PersonRecord, kset: KeypointSet, config: ShardConfig,
         if x1 <= x0 or y1 <= y0:
             report.add("box outside the image", f"{path} (sample {record.key})")
             return None
+    if config.store == "region" and (x1 - x0) * (y1 - y0) <= config.region_max_fraction * width * height:
         params = [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality]
         params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
         ok, encoded = cv2.imencode(".jpg", image[y0:y1, x0:x1], params)
@@ -117,8 +121,6 @@ def _encode_sample(record: PersonRecord, kset: KeypointSet, config: ShardConfig,
             report.add("unencodable region", f"{path} (sample {record.key})")
             return None
         payload, offset = encoded.tobytes(), (x0, y0)
-    else:
-        payload, offset = raw, (0, 0)
     geom = [*record.center, *record.scale, *offset, record.score, record.area, width, height]
     upper = options.get(1, (np.zeros(2), np.zeros(2)))
     lower = options.get(2, (np.zeros(2), np.zeros(2)))
