@@ -250,6 +250,21 @@ def test_sharding_across_ranks_covers_every_sample_once_with_equal_steps(coco_sh
         assert len(seen) == 12 and len(set(seen)) == 12
 
 
+def test_dali_checkpoint_resumes_an_interrupted_epoch_on_the_same_samples_and_draws(coco_shards):
+    config = LoaderConfig(batch_size=2, workers=1, seed=5)
+    loader = DaliLoader(coco_shards, "val", config)
+    it = iter(loader)
+    next(it)
+    next(it)
+    state = loader.checkpoint()
+    rest = list(it)  # the remaining 4 steps of the epoch
+    resumed = list(DaliLoader(coco_shards, "val", config, checkpoint=state))
+    assert len(rest) == len(resumed) == 4
+    for a, b in zip(rest, resumed):
+        assert torch.equal(a["ids"], b["ids"]) and torch.equal(a["image"], b["image"])
+        assert torch.equal(a["matrix"], b["matrix"]) and torch.equal(a["valid"], b["valid"])
+
+
 def test_mpii_fixture_through_shards_and_dali(realdata, tmp_path):
     records, report = read_mpii(realdata / "mpii" / "test_mpii.json", realdata / "mpii")
     write_shards(records, MPII, tmp_path, "valid", ShardConfig(samples_per_shard=8, workers=1), report, False)

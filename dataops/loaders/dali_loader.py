@@ -15,6 +15,8 @@ the same samples and draws: `loader.checkpoint()` and `DaliLoader(..., checkpoin
 
 from __future__ import annotations
 
+import base64
+import json
 from pathlib import Path
 
 import torch
@@ -156,6 +158,7 @@ class DaliLoader:
         from nvidia.dali.plugin.base_iterator import LastBatchPolicy
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
+        state = json.loads(checkpoint) if checkpoint else {"dali": None, "epoch": 0, "step": 0}
         shards = open_shards(shard_dir, split)
         self.skipped = shards.report
         if shards.report.total:
@@ -163,7 +166,7 @@ class DaliLoader:
         self.config, self.rank, self.world_size = config, rank, world_size
         self.num_samples = len(shards.samples)
         self.pipe = build_pipeline(
-            shards.tars, shards.index_paths, config, rank, world_size, device, device_id, checkpoint
+            shards.tars, shards.index_paths, config, rank, world_size, device, device_id, _unpack(state["dali"])
         )
         self.iterator = DALIGenericIterator(
             [self.pipe],
@@ -172,7 +175,7 @@ class DaliLoader:
             last_batch_policy=LastBatchPolicy.FILL,
             auto_reset=True,
         )
-        self.epoch = 0
+        self.epoch, self._step = state["epoch"], state["step"]
 
     def __len__(self) -> int:
         return len(self.iterator)
@@ -186,14 +189,23 @@ class DaliLoader:
     def __iter__(self):
         size = self._shard_size(self.epoch)
         b = self.config.batch_size
-        for step, outputs in enumerate(self.iterator):
+        for outputs in self.iterator:
+            step = self._step
+            self._step += 1
             batch = dict(outputs[0])
             batch["flip"] = batch["flip"].reshape(-1)
             batch["kpt"] = batch["kpt"].reshape(batch["kpt"].shape[0], -1, 3)
             batch["valid"] = (torch.arange(b) + step * b < size).float().to(batch["image"].device)
             yield batch
-        self.epoch += 1
+        self.epoch, self._step = self.epoch + 1, 0
 
     def checkpoint(self) -> str:
-        """Serialised reader position and RNG state: rebuild with `checkpoint=` to resume on the same samples."""
-        return self.pipe.checkpoint()
+        """Reader position, RNG state and epoch/step after the last batch handed out (prefetched batches are
+        accounted for): rebuild with `checkpoint=` to resume on the same samples and draws."""
+        dali = self.iterator.checkpoints()[0]
+        packed = base64.b64encode(dali if isinstance(dali, bytes) else dali.encode()).decode()
+        return json.dumps({"dali": packed, "epoch": self.epoch, "step": self._step})
+
+
+def _unpack(packed: str | None) -> bytes | None:
+    return base64.b64decode(packed) if packed else None
