@@ -155,27 +155,46 @@ class DaliLoader:
         device_id: int | None = None,
         checkpoint: str | None = None,
     ):
+        self.shards = open_shards(shard_dir, split)
+        self.skipped = self.shards.report
+        if self.skipped.total:
+            print(f"{split} shards: {self.skipped.summary()}")
+        self.config, self.rank, self.world_size = config, rank, world_size
+        self.device, self.device_id = device, device_id
+        self.num_samples = len(self.shards.samples)
+        self.micro_batch = config.batch_size
+        self._build(checkpoint)
+
+    def _build(self, checkpoint: str | None) -> None:
         from nvidia.dali.plugin.base_iterator import LastBatchPolicy
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
         state = json.loads(checkpoint) if checkpoint else {"dali": None, "epoch": 0, "step": 0}
-        shards = open_shards(shard_dir, split)
-        self.skipped = shards.report
-        if shards.report.total:
-            print(f"{split} shards: {shards.report.summary()}")
-        self.config, self.rank, self.world_size = config, rank, world_size
-        self.num_samples = len(shards.samples)
         self.pipe = build_pipeline(
-            shards.tars, shards.index_paths, config, rank, world_size, device, device_id, _unpack(state["dali"])
+            self.shards.tars,
+            self.shards.index_paths,
+            self.config,
+            self.rank,
+            self.world_size,
+            self.device,
+            self.device_id,
+            _unpack(state["dali"]),
         )
         self.iterator = DALIGenericIterator(
-            [self.pipe],
-            list(OUTPUTS),
-            reader_name="Reader",
-            last_batch_policy=LastBatchPolicy.FILL,
-            auto_reset=True,
+            [self.pipe], list(OUTPUTS), reader_name="Reader", last_batch_policy=LastBatchPolicy.FILL, auto_reset=True
         )
         self.epoch, self._step = state["epoch"], state["step"]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        largest_shard = -(-self.num_samples // self.world_size)
+        return -(-largest_shard // self.micro_batch)
+
+    def state_dict(self) -> dict:
+        return {"checkpoint": self.checkpoint()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._build(state["checkpoint"])
 
     def __len__(self) -> int:
         return len(self.iterator)

@@ -124,3 +124,33 @@ def torch_loader(
 
 def _collate(samples: list[dict]) -> dict[str, torch.Tensor]:
     return {key: torch.from_numpy(np.stack([s[key] for s in samples])) for key in samples[0]}
+
+
+class TwinLoader:
+    """The twin as a resumable epoch iterator: iterating yields the rest of the current epoch."""
+
+    def __init__(self, shard_dir: str | Path, split: str, config: LoaderConfig, rank: int = 0, world_size: int = 1):
+        self.loader, self.sampler = torch_loader(shard_dir, split, config, rank, world_size)
+        self.micro_batch = config.batch_size
+        self.epoch, self.step = 0, 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        per_rank = -(-self.sampler.num_samples // self.sampler.world_size)
+        return per_rank // self.micro_batch if self.loader.drop_last else -(-per_rank // self.micro_batch)
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def __iter__(self):
+        self.sampler.set_epoch(self.epoch, self.step * self.micro_batch)
+        for batch in self.loader:
+            self.step += 1
+            yield batch
+        self.epoch, self.step = self.epoch + 1, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])

@@ -1,0 +1,132 @@
+"""Train one stage of the DAG (COCO pretraining or MPII transfer) with DeepSpeed; rerunning resumes.
+
+    python -m pipelines.train --stage pretrain                 # one process
+    torchrun --nproc_per_node 2 -m pipelines.train --stage pretrain
+    deepspeed --num_gpus 2 --no_ssh --node_rank 0 pipelines/train.py --stage pretrain
+
+Reads params.yaml section `STAGE` (and `--params` for another file). Keys: model, image_size, num_keypoints,
+dataset (coco|mpii), shards, out_dir, loader (dali|torch), device (cpu|cuda), batch_size, workers,
+deepspeed_config, init_from (a checkpoint to start from; with reset_head for transfer), val_split, and the
+TrainConfig fields under `train:`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+import yaml
+
+from dataops.augment import AugmentConfig
+from dataops.loaders import LoaderConfig, make_targets
+from dataops.loaders.dali_loader import DaliLoader
+from dataops.loaders.torch_loader import TwinLoader
+from transpose.engine import TrainConfig
+from transpose.engine.trainer import Trainer
+from transpose.engine.validation import coco_scorer, mpii_scorer, validate
+from transpose.evaluation import load_coco_ground_truth, load_mpii_ground_truth
+from transpose.keypoints import COCO, MPII
+from transpose.models import create_model, load_reference_checkpoint
+
+
+def train_config(section: dict, stage: str) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    values = section.get("train", {})
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SystemExit(f"params.yaml: unknown key(s) {', '.join(f'{stage}.train.{k}' for k in unknown)}")
+    try:
+        return TrainConfig(**values)
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"params.yaml: {stage}.train: {err}") from None
+
+
+def build_loader(p: dict, split: str, keypoint_set, rank: int, world: int, training: bool):
+    h, w = p["image_size"]
+    config = LoaderConfig(
+        input_size=(h, w),
+        batch_size=p["batch_size"],
+        augment=AugmentConfig(enabled=training),
+        keypoint_set=keypoint_set,
+        shuffle=training,
+        seed=p.get("train", {}).get("seed", 22),
+        workers=p.get("workers", 2),
+    )
+    shards = Path(p["shards"])
+    if p.get("loader", "dali") == "dali":
+        device = "gpu" if p.get("device", "cpu").startswith("cuda") else "cpu"
+        return DaliLoader(shards, split, config, rank, world, device=device, device_id=0 if device == "gpu" else None)
+    return TwinLoader(shards, split, config, rank, world)
+
+
+def run(stage: str, params_file: Path = Path("params.yaml"), tracker=None) -> dict:
+    params = yaml.safe_load(params_file.read_text())
+    if stage not in params:
+        raise SystemExit(f"{params_file}: no section '{stage}'")
+    p = params[stage]
+    missing = [k for k in ("model", "image_size", "dataset", "shards", "out_dir", "batch_size") if k not in p]
+    if missing:
+        raise SystemExit(f"{params_file}: missing key(s) {', '.join(f'{stage}.{k}' for k in missing)}")
+    config = train_config(p, stage)
+    keypoint_set = COCO if p["dataset"] == "coco" else MPII
+    torch.manual_seed(config.seed)  # the same initial weights in every process and every run
+    model = create_model(p["model"], num_keypoints=17, image_size=tuple(p["image_size"]))
+    if p.get("init_from"):
+        load_reference_checkpoint(model, p["init_from"])
+    if model.num_keypoints != keypoint_set.num_keypoints:
+        model.reset_head(keypoint_set.num_keypoints)  # transfer: a new d x K final layer
+    from transpose.engine.distributed import init_process_group
+
+    rank, world = init_process_group(p.get("device", "cpu"))
+    train_loader = build_loader(p, "train", keypoint_set, rank, world, training=True)
+    val_split = p.get("val_split", "val_det" if p["dataset"] == "coco" else "valid")
+    if not p.get("validate", True):
+        scorer = None
+    elif p["dataset"] == "coco":
+        scorer = coco_scorer(load_coco_ground_truth(p["val_annotations"]))
+    else:
+        scorer = mpii_scorer(load_mpii_ground_truth(p["val_annotations"]))
+    input_size = tuple(p["image_size"])
+
+    def prepare(batch: dict, device: torch.device):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        targets, weights, _ = make_targets(batch, keypoint_set, input_size, config.sigma)
+        return batch["image"], targets, weights
+
+    def run_validation(module):
+        loader = build_loader(p, val_split, keypoint_set, rank, world, training=False)
+        return validate(
+            module, loader, scorer, keypoint_set, input_size, next(module.parameters()).device, config.flip_test
+        )
+
+    ds_config = json.loads(Path(p.get("deepspeed_config", "infra/deepspeed/zero0_fp32.json")).read_text())
+    trainer = Trainer(
+        model,
+        train_loader,
+        prepare,
+        config,
+        p["out_dir"],
+        ds_config,
+        validate=run_validation if p.get("validate", True) else None,
+        gate_metric="AP" if p["dataset"] == "coco" else "PCKh",
+        tracker=tracker,
+        device=p.get("device", "cpu"),
+    )
+    return trainer.fit()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", required=True, help="params.yaml section, e.g. pretrain or transfer")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher's
+    args = parser.parse_args()
+    best = run(args.stage, args.params)
+    print(json.dumps({"best": best}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

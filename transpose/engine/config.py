@@ -1,0 +1,53 @@
+"""Training configuration: the paper's recipe as defaults, every knob a field (params.yaml maps onto it)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 230  # 230 (R) / 240 (H) in the paper
+    lr: float = 1e-4  # Adam, no weight decay
+    lr_end: float = 1e-5  # cosine to this, stepped per epoch (CosineAnnealingLR, T_max = epochs)
+    warmup_steps: int = 0  # linear warm-up (not in the paper; helps tiny models leave the all-zero plateau)
+    head_lr: float | None = None  # transfer: lr of the new final layer (others get `lr`); None: one lr for all
+    weight_decay: float = 0.0
+    sigma: float = 2.0  # Gaussian target sigma (heatmap pixels)
+    seed: int = 22
+    zero_stage: int = 0  # DeepSpeed ZeRO 0/1/2
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (dynamic loss scaling)
+    grad_clip: float = 0.0  # 0: off (the reference does not clip)
+    sync_bn: bool = False  # SyncBatchNorm across ranks
+    freeze_bn: bool = False  # BatchNorm in eval mode (running statistics fixed)
+    dropout: float | None = None  # None keeps the model's (0.1); 0 for exact multi-process equivalence tests
+    checkpoint_every_steps: int = 0  # also save every N optimizer steps (0: epoch ends only)
+    keep_checkpoints: int = 2
+    val_every_epochs: int = 1
+    flip_test: bool = True
+    log_every_steps: int = 10
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1,
+            "lr": self.lr > 0,
+            "lr_end": 0 <= self.lr_end <= self.lr,
+            "warmup_steps": self.warmup_steps >= 0,
+            "zero_stage": self.zero_stage in (0, 1, 2),
+            "precision": self.precision in ("fp32", "bf16", "fp16"),
+            "val_every_epochs": self.val_every_epochs >= 1,
+            "keep_checkpoints": self.keep_checkpoints >= 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"bad training config value(s): {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+
+    def lr_factor(self, step: int, steps_per_epoch: int) -> float:
+        """Multiplier of each group's base lr at an optimizer step: warm-up, then cosine by epoch."""
+        epoch = step // max(steps_per_epoch, 1)
+        floor = self.lr_end / self.lr
+        cosine = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(epoch, self.epochs) / self.epochs))
+        if self.warmup_steps and step < self.warmup_steps:
+            return cosine * (step + 1) / self.warmup_steps
+        return cosine
