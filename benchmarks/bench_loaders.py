@@ -31,9 +31,19 @@ METHODS = ("dali_cpu", "torch_twin", "reference_opencv")
 
 
 def _cpu_seconds() -> float:
+    """User+sys CPU of this process, its reaped children (finished DataLoader workers) and its live ones."""
+    import psutil
+
     own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
+    for child in psutil.Process().children(recursive=True):
+        try:
+            times = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def run_method(method: str, data: Path, samples: int, batch: int, workers: int) -> dict:
@@ -136,7 +146,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO_ROOT / "outputs" / "bench_loaders")
     parser.add_argument("--images", type=int, default=240, help="synthetic 640x480 images to make")
-    parser.add_argument("--samples", type=int, default=640, help="timed samples per run")
+    parser.add_argument("--samples", type=int, default=1280, help="timed samples per run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="DALI threads / DataLoader workers")
     parser.add_argument("--batch", type=int, default=32)

@@ -1,6 +1,6 @@
 """DVC stage `shard`: COCO and MPII (synthetic or real, laid out as the official releases) -> WebDataset shards.
 
-    python -m pipelines.shard_data      # reads params.yaml `shard:`; writes data/shards/{coco,mpii}/
+    python -m pipelines.shard_data      # reads params.yaml `data:` and `shard:`; writes data/shards/{coco,mpii}/
 
 Splits: coco/train (GT boxes, cleaned), coco/val_gt (GT boxes), coco/val_det (the detection file's boxes),
 mpii/train, mpii/valid. Validation shards store regions without augmentation margins.
@@ -22,9 +22,16 @@ OUT = Path("data/shards")
 
 
 def main() -> None:
+    d = stage_params("data")
+    if require(d, "data", "source", str) == "synthetic":
+        coco, mpii = Path("data/synthetic/coco"), Path("data/synthetic/mpii")
+        train_set, val_set = "train", "val"
+        det_file = coco / "person_detection_results" / "synthetic_val_detections.json"
+    else:
+        coco, mpii = Path(require(d, "data", "coco_root", str)), Path(require(d, "data", "mpii_root", str))
+        train_set, val_set = require(d, "data", "coco_train_set", str), require(d, "data", "coco_val_set", str)
+        det_file = coco / require(d, "data", "coco_detections", str)
     p = stage_params("shard")
-    coco = Path(require(p, "shard", "coco_root", str))
-    mpii = Path(require(p, "shard", "mpii_root", str))
     h, w = require(p, "shard", "input_size", list)
     train_cfg = ShardConfig(
         samples_per_shard=require(p, "shard", "samples_per_shard", int),
@@ -34,8 +41,6 @@ def main() -> None:
         workers=require(p, "shard", "workers", int),
     )
     val_cfg = replace(train_cfg, augment=AugmentConfig(enabled=False))
-    train_set, val_set = require(p, "shard", "coco_train_set", str), require(p, "shard", "coco_val_set", str)
-    det_file = coco / require(p, "shard", "coco_detections", str)
     summary = {}
 
     def ann(split: str) -> Path:

@@ -143,9 +143,10 @@ def test_truncated_tar_loses_only_its_tail(coco_shards, tmp_path):
     assert sorted(seen_torch) == sorted(seen_dali)
 
 
+@pytest.mark.parametrize("cpu_warp", ["opencv", "dali"])
 @pytest.mark.parametrize("fixed", FIXED_DRAWS)
-def test_dali_and_torch_twin_give_the_same_crops_joints_and_targets(coco_shards, fixed):
-    config = LoaderConfig(batch_size=4, workers=1, fixed=fixed, shuffle=False)
+def test_dali_and_torch_twin_give_the_same_crops_joints_and_targets(coco_shards, fixed, cpu_warp):
+    config = LoaderConfig(batch_size=4, workers=1, fixed=fixed, shuffle=False, cpu_warp=cpu_warp)
     dali = DaliLoader(coco_shards, "val", config)
     twin, _ = torch_loader(coco_shards, "val", replace(config, workers=0))
     batches = 0

@@ -9,22 +9,34 @@ DALI has no per-sample gather, so the left/right swap of flipped samples happens
 given an input matrix applies itself after it.
 
 The same graph runs on CPU (`device="cpu"`, `device_id=None`) and GPU (`device="gpu"`, a device id): only
-the decoder's device and where the warp runs change. Checkpointing is on, so an interrupted epoch resumes on
-the same samples and draws: `loader.checkpoint()` and `DaliLoader(..., checkpoint=...)`.
+the decoder's device and the warp kernel change. On GPU the warp is `fn.warp_affine`; on CPU it is OpenCV's
+`warpAffine` inside the graph (`fn.python_function`) unless `LoaderConfig.cpu_warp = "dali"`, because DALI's
+CPU warp_affine is several times slower than the JPEG decode itself (both are tested against the twin).
+Checkpointing is on, so an interrupted epoch resumes on the same samples and draws: `loader.checkpoint()`
+and `DaliLoader(..., checkpoint=...)`.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
 
 from dataops.loaders.common import LoaderConfig
 from dataops.loaders.shard_index import open_shards
 
 OUTPUTS = ("image", "kpt", "matrix", "flip", "geom", "center", "scale", "ids")
+
+
+def _opencv_warp(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """cv2.warpAffine with the OpenCV-convention matrix: DALI's CPU warp_affine is a generic kernel that
+    costs ~2 ms per 256x192 crop here, OpenCV's SIMD one ~0.1 ms (docs/benchmarks.md)."""
+    return cv2.warpAffine(image, matrix.astype(np.float64), size, flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
 
 
 def build_pipeline(
@@ -57,6 +69,7 @@ def build_pipeline(
         seed=config.seed + 1000 * rank,
         enable_checkpointing=True,
         prefetch_queue_depth=2,
+        exec_dynamic=True,
     )
     def pose_pipeline():
         jpg, geom, kpt, half, ids = fn.readers.webdataset(
@@ -120,14 +133,17 @@ def build_pipeline(
         m_dali = fn.transforms.combine(
             fn.transforms.translation(offset=[-0.5, -0.5]), m_cv, fn.transforms.translation(offset=[0.5, 0.5])
         )
-        crop = fn.warp_affine(
-            image,
-            matrix=m_dali.gpu() if device == "gpu" else m_dali,
-            size=[h, w],
-            inverse_map=False,
-            fill_value=0,
-            interp_type=types.INTERP_LINEAR,
-        )
+        if device == "gpu" or config.cpu_warp == "dali":
+            crop = fn.warp_affine(
+                image,
+                matrix=m_dali.gpu() if device == "gpu" else m_dali,
+                size=[h, w],
+                inverse_map=False,
+                fill_value=0,
+                interp_type=types.INTERP_LINEAR,
+            )
+        else:
+            crop = fn.python_function(image, m_cv, function=functools.partial(_opencv_warp, size=(w, h)))
         out = fn.crop_mirror_normalize(crop, dtype=types.FLOAT, output_layout="CHW", mean=mean, std=std)
         m_image = fn.transforms.combine(fn.transforms.translation(offset=-offset), m_cv)  # image -> crop
         return out, kpt, m_image, flip, geom, center, fn.stack(sw, sh), ids

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dataops.synthetic.sampling import pick
+
 # Skin and hair tones, RGB (converted to BGR when sampled).
 SKIN_RGB = (
     (255, 224, 196),
@@ -40,7 +42,7 @@ def _bgr(rgb, rng: np.random.Generator, jitter: float = 0.06) -> tuple[float, fl
 def random_colour(rng: np.random.Generator, muted: float = 0.4) -> tuple[float, float, float]:
     """A clothing colour: greys, whites and blacks with probability `muted`, else a saturated hue."""
     if rng.random() < muted:
-        value, sat = rng.choice([rng.uniform(0.08, 0.3), rng.uniform(0.35, 0.7), rng.uniform(0.75, 0.97)]), 0.05
+        value, sat = rng.uniform(*pick(rng, ((0.08, 0.3), (0.35, 0.7), (0.75, 0.97)))), 0.05
     else:
         value, sat = rng.uniform(0.3, 0.95), rng.uniform(0.35, 0.95)
     r, g, b = colorsys.hsv_to_rgb(rng.random(), sat * rng.uniform(0.6, 1.0), value)
@@ -83,7 +85,7 @@ def sample_outfit(rng: np.random.Generator) -> Outfit:
     skin = _bgr(SKIN_RGB[rng.integers(len(SKIN_RGB))], rng)
     shirt = random_colour(rng)
     sleeve_diff = rng.random() < 0.2
-    legwear = rng.choice(["trousers", "shorts", "skirt"], p=[0.65, 0.2, 0.15])
+    legwear = pick(rng, ("trousers", "shorts", "skirt"), (0.65, 0.2, 0.15))
     if legwear == "trousers" and rng.random() < 0.45:
         pants = _bgr(DENIM_RGB[rng.integers(len(DENIM_RGB))], rng, 0.1)
     else:
@@ -92,24 +94,24 @@ def sample_outfit(rng: np.random.Generator) -> Outfit:
     return Outfit(
         skin=skin,
         hair=_bgr(HAIR_RGB[rng.integers(len(HAIR_RGB))], rng, 0.1),
-        hair_style=str(rng.choice(["short", "long", "bald", "cap"], p=[0.5, 0.3, 0.08, 0.12])),
+        hair_style=pick(rng, ("short", "long", "bald", "cap"), (0.5, 0.3, 0.08, 0.12)),
         cap=random_colour(rng),
         shirt=shirt,
         shirt2=random_colour(rng),
-        pattern=str(rng.choice(["plain", "hstripes", "vstripes", "checks", "two_tone"], p=[0.5, 0.2, 0.1, 0.1, 0.1])),
+        pattern=pick(rng, ("plain", "hstripes", "vstripes", "checks", "two_tone"), (0.5, 0.2, 0.1, 0.1, 0.1)),
         period=float(rng.uniform(0.025, 0.06)),
-        sleeves=str(rng.choice(["none", "short", "long"], p=[0.1, 0.45, 0.45])),
+        sleeves=pick(rng, ("none", "short", "long"), (0.1, 0.45, 0.45)),
         left_sleeve=random_colour(rng) if sleeve_diff else shirt,
         right_sleeve=random_colour(rng) if sleeve_diff else shirt,
-        legwear=str(legwear),
+        legwear=legwear,
         pants=pants,
         left_shoe=shoe,
         right_shoe=random_colour(rng, muted=0.7) if rng.random() < 0.1 else shoe,
         belt=random_colour(rng, muted=0.8) if rng.random() < 0.5 else None,
-        front=str(rng.choice(["none", "logo", "buttons", "vneck", "zip"], p=[0.3, 0.25, 0.15, 0.2, 0.1])),
+        front=pick(rng, ("none", "logo", "buttons", "vneck", "zip"), (0.3, 0.25, 0.15, 0.2, 0.1)),
         logo=random_colour(rng),
         watch=bool(rng.random() < 0.45),
-        bag_side=str(rng.choice(["l", "r"])) if rng.random() < 0.2 else None,
+        bag_side=pick(rng, ("l", "r")) if rng.random() < 0.2 else None,
         bag=random_colour(rng, muted=0.6),
         backpack=bool(rng.random() < 0.2),
         backpack_colour=random_colour(rng),

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dataops.synthetic.sampling import pick
+
 # Mean segment lengths and widths (fractions of the standing height); each person jitters them by +-8%.
 PROPORTIONS = {
     "torso": 0.29,  # pelvis (hip-joint level) to neck base
@@ -111,7 +113,7 @@ def _raised_arm(rng, a, side):
 
 def _arm_gesture(rng, a, side):
     """One arm of a 'mixed' pose: relaxed, akimbo, raised, pointing, hand to head, or across the chest."""
-    kind = rng.choice(["relaxed", "akimbo", "raised", "point", "head", "across"])
+    kind = pick(rng, ("relaxed", "akimbo", "raised", "point", "head", "across"))
     if kind == "relaxed":
         _relaxed_arm(rng, a, side)
     elif kind == "raised":
@@ -153,7 +155,7 @@ def sample_pose(kind: str, rng: np.random.Generator) -> dict[str, float]:
             a[f"{side}_elbow"] = rng.uniform(10, 45)
         a["lean"] = rng.uniform(0, 8)
     elif kind == "arms_raised":
-        which = rng.choice(["both", "l", "r"], p=[0.6, 0.2, 0.2])
+        which = pick(rng, ("both", "l", "r"), (0.6, 0.2, 0.2))
         for side, _ in SIDES:
             if which in ("both", side):
                 _raised_arm(rng, a, side)
@@ -200,11 +202,11 @@ def root_rotation(kind: str, yaw: float, rng: np.random.Generator) -> np.ndarray
     """
     if kind == "lie":
         base = _LIE_ON_BACK
-        facing = rng.choice(["back", "front", "side"], p=[0.55, 0.2, 0.25])
+        facing = pick(rng, ("back", "front", "side"), (0.55, 0.2, 0.25))
         if facing == "front":
             base = rot_x(180.0) @ base
         elif facing == "side":
-            base = rot_x(rng.choice([-70.0, 70.0])) @ base
+            base = rot_x(pick(rng, (-70.0, 70.0))) @ base
         if rng.random() < 0.5:
             base = rot_y(180.0) @ base  # head to the left
         return rot_x(rng.uniform(15, 50)) @ rot_y(rng.uniform(-40, 40)) @ base
