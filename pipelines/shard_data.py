@@ -9,6 +9,7 @@ mpii/train, mpii/valid. Validation shards store regions without augmentation mar
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -57,6 +58,9 @@ def main() -> None:
         records, report = read_mpii(mpii / "annot" / f"{name}.json", mpii / "images")
         manifest = write_shards(records, MPII, OUT / "mpii", name, train_cfg if name == "train" else val_cfg, report)
         summary[f"mpii/{name}"] = _line(manifest)
+    # the ground truth the evaluation needs travels with the shards, whatever the source
+    shutil.copy(ann(val_set), OUT / "coco" / "val_annotations.json")
+    shutil.copy(mpii / "annot" / "gt_valid.mat", OUT / "mpii" / "gt_valid.mat")
     (OUT / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for split, line in summary.items():
         print(f"{split:14s} {line}")

@@ -24,6 +24,7 @@ from dataops.augment import AugmentConfig
 from dataops.loaders import LoaderConfig, make_targets
 from dataops.loaders.dali_loader import DaliLoader
 from dataops.loaders.torch_loader import TwinLoader
+from pipelines.tracking import stage_run
 from transpose.engine import TrainConfig
 from transpose.engine.trainer import Trainer
 from transpose.engine.validation import coco_scorer, mpii_scorer, validate
@@ -114,18 +115,48 @@ def run(stage: str, params_file: Path = Path("params.yaml"), tracker=None) -> di
         gate_metric="AP" if p["dataset"] == "coco" else "PCKh",
         tracker=tracker,
         device=p.get("device", "cpu"),
+        fingerprint=json.dumps({k: v for k, v in p.items() if k != "workers"}, sort_keys=True),
     )
     return trainer.fit()
+
+
+def write_dvc_outputs(stage: str, section: dict, best: dict) -> None:
+    """DVC metrics (the best validation metrics) and plots (per-epoch loss and gate metric) of a stage."""
+    out_dir = Path(section["out_dir"])
+    history = json.loads((out_dir / "history.json").read_text())
+    Path("metrics").mkdir(exist_ok=True)
+    Path("plots").mkdir(exist_ok=True)
+    Path(f"metrics/{stage}.json").write_text(
+        json.dumps({"best_epoch": best.get("epoch"), **best.get("metrics", {})}, indent=2) + "\n"
+    )
+    keys = sorted({k for r in history for k in r if k != "epoch"})
+    rows = [",".join(["epoch", *(k.replace("/", "_") for k in keys)])]
+    rows += [",".join([str(r["epoch"]), *(f"{r[k]:.6g}" if k in r else "" for k in keys)]) for r in history]
+    Path(f"plots/{stage}.csv").write_text("\n".join(rows) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", required=True, help="params.yaml section, e.g. pretrain or transfer")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--no-mlflow", action="store_true", help="do not record the run in MLflow")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher's
     args = parser.parse_args()
-    best = run(args.stage, args.params)
-    print(json.dumps({"best": best}, indent=1))
+    params = yaml.safe_load(args.params.read_text())
+    section = params.get(args.stage, {})
+    from transpose.engine.distributed import init_process_group, is_main
+
+    init_process_group(section.get("device", "cpu"))
+    with stage_run(args.stage, section, enabled=is_main() and not args.no_mlflow) as tracker:
+        best = run(args.stage, args.params, tracker=tracker)
+        if is_main():
+            write_dvc_outputs(args.stage, section, best)
+            out_dir = Path(section["out_dir"])
+            if tracker is not None:
+                for name in ("best.pth", "history.json"):
+                    tracker.log_artifact(out_dir / name)
+    if is_main():
+        print(json.dumps({"best": best}, indent=1))
 
 
 if __name__ == "__main__":

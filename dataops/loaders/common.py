@@ -35,6 +35,7 @@ class LoaderConfig:
     seed: int = 22
     workers: int = 2  # DataLoader workers (twin) or DALI threads
     fixed: FixedDraw | None = None  # same augmentation for every sample (tests)
+    prefetch: int = 2  # DALI batches in flight
     cpu_warp: str = "opencv"  # DALI on CPU: "opencv" (fast) or "dali" (fn.warp_affine, as on the GPU)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD

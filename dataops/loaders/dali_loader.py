@@ -68,7 +68,7 @@ def build_pipeline(
         device_id=device_id if device == "gpu" else None,
         seed=config.seed + 1000 * rank,
         enable_checkpointing=True,
-        prefetch_queue_depth=2,
+        prefetch_queue_depth=config.prefetch,
         exec_dynamic=True,
     )
     def pose_pipeline():

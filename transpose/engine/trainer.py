@@ -105,8 +105,10 @@ class Trainer:
         tracker: Tracker | None = None,
         device: str = "cpu",
         head_prefixes: tuple[str, ...] = ("final_layer.",),
+        fingerprint: str = "",
     ):
         self.config = config
+        self.fingerprint = fingerprint or json.dumps(asdict(config), sort_keys=True)
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.loader = train_loader
@@ -155,6 +157,7 @@ class Trainer:
                 "best": self.best,
                 "history": self.history,
                 "world_size": self.world_size,
+                "fingerprint": self.fingerprint,
             }
             tmp = self.ckpt_dir / "latest.json.partial"
             tmp.write_text(json.dumps(pointer, indent=1))
@@ -169,6 +172,12 @@ class Trainer:
         """Load the newest complete checkpoint, if any; True when resumed."""
         latest = broadcast_object(self._latest())
         if latest is None:
+            return False
+        if latest.get("fingerprint") != self.fingerprint:  # another configuration: its state is not ours
+            if is_main():
+                print(f"{self.ckpt_dir} holds checkpoints of another configuration: starting afresh")
+                shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+            barrier()
             return False
         if latest["world_size"] != self.world_size:
             raise RuntimeError(
