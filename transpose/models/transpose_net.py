@@ -166,6 +166,7 @@ class TransPoseR(TransPose, ResNetS):
         base_width: int = 64,
         upsample: str = "deconv",
         deconv_channels: int = 256,
+        reference_init: bool = True,
     ):
         ResNetS.__init__(self, layers=resnet_layers, base_width=base_width)
         self._init_transformer(
@@ -191,7 +192,8 @@ class TransPoseR(TransPose, ResNetS):
         else:
             raise ValueError(f"upsample must be 'deconv' or 'bilinear', got {upsample!r}")
         self.final_layer = nn.Conv2d(head_in, num_keypoints, kernel_size=1)
-        self.init_reference_weights()
+        if reference_init:  # False keeps PyTorch's default (Kaiming-uniform) initialisation
+            self.init_reference_weights()
 
     def forward_head(self, feats: Tensor) -> Tensor:
         if self.deconv_layers is not None:
