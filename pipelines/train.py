@@ -27,6 +27,7 @@ from dataops.loaders.torch_loader import TwinLoader
 from pipelines.tracking import stage_run
 from transpose.engine import TrainConfig
 from transpose.engine.trainer import Trainer
+from transpose.engine.distributed import local_rank
 from transpose.engine.validation import coco_scorer, mpii_scorer, validate
 from transpose.evaluation import load_coco_ground_truth, load_mpii_ground_truth
 from transpose.keypoints import COCO, MPII
@@ -59,7 +60,8 @@ def build_loader(p: dict, split: str, keypoint_set, rank: int, world: int, train
     shards = Path(p["shards"])
     if p.get("loader", "dali") == "dali":
         device = "gpu" if p.get("device", "cpu").startswith("cuda") else "cpu"
-        return DaliLoader(shards, split, config, rank, world, device=device, device_id=0 if device == "gpu" else None)
+        gpu = local_rank() if device == "gpu" else None  # the CUDA index as this process sees it
+        return DaliLoader(shards, split, config, rank, world, device=device, device_id=gpu)
     return TwinLoader(shards, split, config, rank, world)
 
 
