@@ -26,8 +26,8 @@ from dataops.loaders.dali_loader import DaliLoader
 from dataops.loaders.torch_loader import TwinLoader
 from pipelines.tracking import stage_run
 from transpose.engine import TrainConfig
-from transpose.engine.trainer import Trainer
 from transpose.engine.distributed import local_rank
+from transpose.engine.trainer import Trainer
 from transpose.engine.validation import coco_scorer, mpii_scorer, validate
 from transpose.evaluation import load_coco_ground_truth, load_mpii_ground_truth
 from transpose.keypoints import COCO, MPII
