@@ -117,24 +117,28 @@ def run(stage: str, params_file: Path = Path("params.yaml"), tracker=None) -> di
         gate_metric="AP" if p["dataset"] == "coco" else "PCKh",
         tracker=tracker,
         device=p.get("device", "cpu"),
-        fingerprint=json.dumps({k: v for k, v in p.items() if k != "workers"}, sort_keys=True),
+        fingerprint=json.dumps(
+            {k: v for k, v in p.items() if k not in ("workers", "metrics", "plots")}, sort_keys=True
+        ),
     )
     return trainer.fit()
 
 
-def write_dvc_outputs(stage: str, section: dict, best: dict) -> None:
-    """DVC metrics (the best validation metrics) and plots (per-epoch loss and gate metric) of a stage."""
-    out_dir = Path(section["out_dir"])
-    history = json.loads((out_dir / "history.json").read_text())
-    Path("metrics").mkdir(exist_ok=True)
-    Path("plots").mkdir(exist_ok=True)
-    Path(f"metrics/{stage}.json").write_text(
-        json.dumps({"best_epoch": best.get("epoch"), **best.get("metrics", {})}, indent=2) + "\n"
-    )
-    keys = sorted({k for r in history for k in r if k != "epoch"})
-    rows = [",".join(["epoch", *(k.replace("/", "_") for k in keys)])]
-    rows += [",".join([str(r["epoch"]), *(f"{r[k]:.6g}" if k in r else "" for k in keys)]) for r in history]
-    Path(f"plots/{stage}.csv").write_text("\n".join(rows) + "\n")
+def write_dvc_outputs(section: dict, best: dict) -> None:
+    """DVC metrics (the best validation metrics) and plots (per-epoch loss and metrics), where the section
+    names them (`metrics:`, `plots:`)."""
+    history = json.loads((Path(section["out_dir"]) / "history.json").read_text())
+    if section.get("metrics"):
+        path = Path(section["metrics"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"best_epoch": best.get("epoch"), **best.get("metrics", {})}, indent=2) + "\n")
+    if section.get("plots"):
+        keys = sorted({k for r in history for k in r if k != "epoch"})
+        rows = [",".join(["epoch", *(k.replace("/", "_") for k in keys)])]
+        rows += [",".join([str(r["epoch"]), *(f"{r[k]:.6g}" if k in r else "" for k in keys)]) for r in history]
+        path = Path(section["plots"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(rows) + "\n")
 
 
 def main() -> None:
@@ -152,11 +156,11 @@ def main() -> None:
     with stage_run(args.stage, section, enabled=is_main() and not args.no_mlflow) as tracker:
         best = run(args.stage, args.params, tracker=tracker)
         if is_main():
-            write_dvc_outputs(args.stage, section, best)
-            out_dir = Path(section["out_dir"])
+            write_dvc_outputs(section, best)
             if tracker is not None:
                 for name in ("best.pth", "history.json"):
-                    tracker.log_artifact(out_dir / name)
+                    if (Path(section["out_dir"]) / name).is_file():
+                        tracker.log_artifact(Path(section["out_dir"]) / name)
     if is_main():
         print(json.dumps({"best": best}, indent=1))
 

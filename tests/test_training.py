@@ -51,7 +51,7 @@ def write_params(tmp: Path, shards: Path, name: str, batch: int, **train) -> Pat
 
 
 def command(params: Path, processes: int) -> list[str]:
-    base = ["-m", "pipelines.train", "--stage", "pretrain", "--params", str(params)]
+    base = ["-m", "pipelines.train", "--stage", "pretrain", "--params", str(params), "--no-mlflow"]
     if processes == 1:
         return [sys.executable, *base]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
