@@ -48,9 +48,8 @@ def predict(
 
 def gather_predictions(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """All ranks' predictions concatenated (on every rank)."""
-    every = gather_objects(local)
-    return {k: np.concatenate([p[k] for p in every if len(p[k])]) if any(len(p[k]) for p in every) else local[k]
-            for k in local}  # fmt: skip
+    every = [p for p in gather_objects(local) if len(p["keypoints"])]
+    return {k: np.concatenate([p[k] for p in every]) for k in local} if every else local
 
 
 def coco_scorer(gt: CocoGroundTruth) -> Callable[[dict[str, np.ndarray]], tuple[dict[str, float], list[dict]]]:
