@@ -29,7 +29,9 @@ from transpose.models import create_model, load_reference_checkpoint
 
 def evaluate_checkpoint(p: dict, checkpoint: Path) -> tuple[dict, list, torch.nn.Module]:
     kset = COCO if p["dataset"] == "coco" else MPII
-    model = create_model(p["model"], num_keypoints=kset.num_keypoints, image_size=tuple(p["image_size"]))
+    model = create_model(
+        p["model"], num_keypoints=kset.num_keypoints, image_size=tuple(p["image_size"]), **p.get("model_args", {})
+    )
     load_reference_checkpoint(model, checkpoint)
     model.eval()
     config = LoaderConfig(

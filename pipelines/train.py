@@ -4,7 +4,8 @@
     torchrun --nproc_per_node 2 -m pipelines.train --stage pretrain
     deepspeed --num_gpus 2 --no_ssh --node_rank 0 pipelines/train.py --stage pretrain
 
-Reads params.yaml section `STAGE` (and `--params` for another file). Keys: model, image_size, num_keypoints,
+Reads params.yaml section `STAGE` (and `--params` for another file). Keys: model, model_args (any model
+keyword, e.g. {num_layers: 6} for the Table 7 depths), image_size, num_keypoints,
 dataset (coco|mpii), shards, out_dir, loader (dali|torch), device (cpu|cuda), batch_size, workers,
 deepspeed_config, init_from (a checkpoint to start from; with reset_head for transfer), val_split, and the
 TrainConfig fields under `train:`.
@@ -76,7 +77,7 @@ def run(stage: str, params_file: Path = Path("params.yaml"), tracker=None) -> di
     config = train_config(p, stage)
     keypoint_set = COCO if p["dataset"] == "coco" else MPII
     torch.manual_seed(config.seed)  # the same initial weights in every process and every run
-    model = create_model(p["model"], num_keypoints=17, image_size=tuple(p["image_size"]))
+    model = create_model(p["model"], num_keypoints=17, image_size=tuple(p["image_size"]), **p.get("model_args", {}))
     if p.get("init_from"):
         load_reference_checkpoint(model, p["init_from"])
     if model.num_keypoints != keypoint_set.num_keypoints:
