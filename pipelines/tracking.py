@@ -83,6 +83,15 @@ class MlflowTracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
+    def log_model(self, model, image_size: tuple[int, int]) -> str:
+        """The model with its signature (exported with torch.export; a batch-2 example keeps the batch
+        dimension dynamic). Returns the model URI."""
+        import numpy as np
+
+        example = np.zeros((2, 3, *image_size), dtype=np.float32)
+        info = self.mlflow.pytorch.log_model(model.eval(), name="model", input_example=example)
+        return info.model_uri
+
 
 @contextmanager
 def stage_run(stage: str, params: dict, enabled: bool = True):

@@ -158,10 +158,20 @@ def main() -> None:
         best = run(args.stage, args.params, tracker=tracker)
         if is_main():
             write_dvc_outputs(section, best)
+            best_path = Path(section["out_dir"]) / "best.pth"
             if tracker is not None:
-                for name in ("best.pth", "history.json"):
-                    if (Path(section["out_dir"]) / name).is_file():
-                        tracker.log_artifact(Path(section["out_dir"]) / name)
+                for path in (best_path, best_path.with_name("history.json")):
+                    if path.is_file():
+                        tracker.log_artifact(path)
+                if best_path.is_file():
+                    model = create_model(
+                        section["model"],
+                        num_keypoints=(COCO if section["dataset"] == "coco" else MPII).num_keypoints,
+                        image_size=tuple(section["image_size"]),
+                        **section.get("model_args", {}),
+                    )
+                    load_reference_checkpoint(model, best_path)
+                    print(f"logged model {tracker.log_model(model, tuple(section['image_size']))}")
     if is_main():
         print(json.dumps({"best": best}, indent=1))
 
