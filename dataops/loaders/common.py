@@ -14,7 +14,7 @@ A batch (dict of tensors, B samples, K keypoints, input h x w):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -40,7 +40,6 @@ class LoaderConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     drop_last: bool = False
-    extra: dict = field(default_factory=dict)
 
     @property
     def aspect_ratio(self) -> float:
