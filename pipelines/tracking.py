@@ -9,6 +9,7 @@ parent named by TRANSPOSE_PIPELINE_ID (default: the current git commit), so the 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from contextlib import contextmanager
@@ -91,6 +92,13 @@ class MlflowTracker:
         example = np.zeros((2, 3, *image_size), dtype=np.float32)
         info = self.mlflow.pytorch.log_model(model.eval(), name="model", input_example=example)
         return info.model_uri
+
+    def write_run_info(self, path: str | Path, model_uri: str) -> Path:
+        """Where this stage's run and logged model are (read by the `promote` stage to register the model)."""
+        run = self.mlflow.active_run()
+        info = {"run_id": run.info.run_id, "model_uri": model_uri, "tracking_uri": tracking_uri()}
+        Path(path).write_text(json.dumps(info, indent=1) + "\n")
+        return Path(path)
 
 
 @contextmanager

@@ -32,7 +32,8 @@ from transpose.engine.trainer import Trainer
 from transpose.engine.validation import coco_scorer, mpii_scorer, validate
 from transpose.evaluation import load_coco_ground_truth, load_mpii_ground_truth
 from transpose.keypoints import COCO, MPII
-from transpose.models import create_model, load_reference_checkpoint
+from transpose.models import create_model, load_model, load_reference_checkpoint
+from transpose.models.card import CARD_NAME, ModelCard
 
 
 def train_config(section: dict, stage: str) -> TrainConfig:
@@ -67,13 +68,21 @@ def build_loader(p: dict, split: str, keypoint_set, rank: int, world: int, train
 
 
 def run(stage: str, params_file: Path = Path("params.yaml"), tracker=None) -> dict:
+    """Train the params.yaml section `stage`; returns the best validation record."""
     params = yaml.safe_load(params_file.read_text())
     if stage not in params:
         raise SystemExit(f"{params_file}: no section '{stage}'")
-    p = params[stage]
+    return run_section(params[stage], f"{params_file}: {stage}", tracker)
+
+
+def run_section(p: dict, name: str = "section", tracker=None, on_epoch_end=None) -> dict:
+    """Train from one stage section (a dict with the keys above); `name` prefixes error messages.
+    Ray Tune trials call this with a section whose values the search space overrides, and with
+    `on_epoch_end(record)`, which every rank calls after each epoch's checkpoint (pipelines/tune.py)."""
+    stage = name.rsplit(": ", 1)[-1]
     missing = [k for k in ("model", "image_size", "dataset", "shards", "out_dir", "batch_size") if k not in p]
     if missing:
-        raise SystemExit(f"{params_file}: missing key(s) {', '.join(f'{stage}.{k}' for k in missing)}")
+        raise SystemExit(f"{name}: missing key(s) {', '.join(f'{stage}.{k}' for k in missing)}")
     config = train_config(p, stage)
     keypoint_set = COCO if p["dataset"] == "coco" else MPII
     torch.manual_seed(config.seed)  # the same initial weights in every process and every run
@@ -85,6 +94,10 @@ def run(stage: str, params_file: Path = Path("params.yaml"), tracker=None) -> di
     from transpose.engine.distributed import init_process_group
 
     rank, world = init_process_group(p.get("device", "cpu"))
+    if rank == 0:  # what inference and the registry need to rebuild best.pth
+        ModelCard(
+            p["model"], keypoint_set.num_keypoints, tuple(p["image_size"]), p.get("model_args", {}), p["dataset"]
+        ).write(Path(p["out_dir"]) / CARD_NAME)
     train_loader = build_loader(p, "train", keypoint_set, rank, world, training=True)
     val_split = p.get("val_split", "val_det" if p["dataset"] == "coco" else "valid")
     if not p.get("validate", True):
@@ -121,6 +134,7 @@ def run(stage: str, params_file: Path = Path("params.yaml"), tracker=None) -> di
         fingerprint=json.dumps(
             {k: v for k, v in p.items() if k not in ("workers", "metrics", "plots")}, sort_keys=True
         ),
+        on_epoch_end=on_epoch_end,
     )
     return trainer.fit()
 
@@ -158,20 +172,16 @@ def main() -> None:
         best = run(args.stage, args.params, tracker=tracker)
         if is_main():
             write_dvc_outputs(section, best)
-            best_path = Path(section["out_dir"]) / "best.pth"
+            out_dir = Path(section["out_dir"])
+            best_path = out_dir / "best.pth"
             if tracker is not None:
-                for path in (best_path, best_path.with_name("history.json")):
+                for path in (best_path, out_dir / CARD_NAME, out_dir / "history.json"):
                     if path.is_file():
                         tracker.log_artifact(path)
                 if best_path.is_file():
-                    model = create_model(
-                        section["model"],
-                        num_keypoints=(COCO if section["dataset"] == "coco" else MPII).num_keypoints,
-                        image_size=tuple(section["image_size"]),
-                        **section.get("model_args", {}),
-                    )
-                    load_reference_checkpoint(model, best_path)
-                    print(f"logged model {tracker.log_model(model, tuple(section['image_size']))}")
+                    model_uri = tracker.log_model(load_model(best_path), tuple(section["image_size"]))
+                    print(f"logged model {model_uri}")
+                    tracker.write_run_info(out_dir / "mlflow_run.json", model_uri)
     if is_main():
         print(json.dumps({"best": best}, indent=1))
 

@@ -267,3 +267,24 @@ def test_reset_head_for_transfer():
     model.reset_head(16)
     assert model.num_keypoints == 16
     assert model(torch.randn(1, 3, 256, 192)).shape == (1, 16, 64, 48)
+
+
+def test_model_card_rebuilds_a_checkpoint(tmp_path):
+    from transpose.models import ModelCard, load_model
+
+    torch.manual_seed(0)
+    card = ModelCard("transpose_r_tiny", 16, (128, 96), {"num_layers": 2}, "mpii")
+    model = card.build().eval()
+    torch.save(model.state_dict(), tmp_path / "best.pth")
+    card.write(tmp_path / "model.json")
+    assert ModelCard.read(tmp_path / "model.json") == card
+    x = torch.randn(2, 3, 128, 96)
+    with torch.no_grad():
+        for source in (tmp_path / "best.pth", tmp_path):  # the file or its run directory
+            assert torch.equal(load_model(source)(x), model(x))
+    (tmp_path / "model.json").unlink()
+    with pytest.raises(FileNotFoundError, match="--arch"):
+        load_model(tmp_path / "best.pth")
+    (tmp_path / "model.json").write_text('{"model": "transpose_nope", "num_keypoints": 17, "image_size": [8, 8]}')
+    with pytest.raises(ValueError, match="unknown model 'transpose_nope'"):
+        load_model(tmp_path / "best.pth")

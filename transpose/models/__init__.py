@@ -1,5 +1,6 @@
 """TransPose models: backbones, encoder, heads and the registry of named variants."""
 
+from transpose.models.card import ModelCard, load_model
 from transpose.models.checkpoint import (
     CheckpointMismatchError,
     load_pretrained_backbone,
@@ -13,11 +14,13 @@ __all__ = [
     "MODELS",
     "CheckpointMismatchError",
     "DataConfig",
+    "ModelCard",
     "TransPose",
     "TransPoseH",
     "TransPoseR",
     "create_model",
     "list_models",
+    "load_model",
     "load_pretrained_backbone",
     "load_reference_checkpoint",
     "read_state_dict",
