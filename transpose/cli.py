@@ -13,6 +13,8 @@ commands:
   models     list the registered model variants with their parameter counts
   evaluate   COCO OKS AP of a results file, or MPII PCKh of predictions, as the reference computes them
   explain    attention figure (dependency / affected areas per keypoint and layer) for one person box
+  predict    poses of the people in images (a file or a folder): COCO results JSON and skeleton drawings
+  promote    register a trained model in MLflow and move the `champion` alias to it if it is better
 """
 
 
@@ -136,6 +138,73 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from transpose.predict import run
+
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"transpose predict: error: {err}") from None
+
+
+PREDICT_DESCRIPTION = """Top-down pose estimation on images, with the reference's evaluation protocol: each person box
+is cropped at the model's input aspect ratio with 1.25x padding, run with flip test, decoded with DARK,
+rescored (box score x mean keypoint confidence above 0.2) and OKS-NMSed within its image. Crops are batched
+across images.
+
+Writes to --out:
+  results.json                   COCO keypoint results: [{image_id, category_id: 1, keypoints: [x, y, score] x K,
+                                 score}]. MPII (16-keypoint) models use the same layout (category_id 1, 48 values).
+  images.json                    the images read: [{id, file_name, width, height, people}]
+  <stem>_pose.jpg                every image with the skeletons of its people drawn
+  <stem>_person<i>_explain.png   with --explain: person #i's attention dependency areas per encoder layer
+
+Image ids: from --annotations (images[].file_name -> id), else the COCO file name's number
+(000000000785.jpg -> 785), else fresh numbers (see images.json). Unreadable images are skipped and listed.
+
+example:
+  transpose predict --model outputs/train/coco_r_tiny --images val2017/ \\
+      --boxes COCO_val2017_detections_AP_H_56_person.json --out predictions/
+  transpose predict --model models:/transpose-coco@champion --images photo.jpg --out out/ --explain
+"""
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    try:  # the pipeline stack, imported only here: the library itself never needs MLflow
+        import mlflow  # noqa: F401
+
+        from pipelines.promote import promote_command
+    except ImportError as err:
+        hint = "pip install '.[pipeline]'"
+        raise ValueError(f"transpose promote needs MLflow and the pipelines package ({err}): {hint}") from None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return promote_command(args)
+    except MlflowException as err:
+        raise ValueError(f"MLflow: {err.message}") from None
+
+
+PROMOTE_DESCRIPTION = """MLflow model registry: register trained models with their gate metric, and move an alias
+(default `champion`) to a version only when it beats the holder's gate metric (strictly greater) on the same
+evaluation data (a fingerprint of the annotation file and the split's shard manifests). A holder scored on other
+data is re-evaluated on the candidate's with --reevaluate (the evaluate stage's protocol); without it the
+promotion is refused (exit 1). Every decision is kept as a registered-model tag promotion.NNNNNN-vV.
+
+The store: --tracking-uri, else $MLFLOW_TRACKING_URI, else (with --run-info) the run's own, else mlruns/mlflow.db.
+Concurrent promotions are serialised by a file lock beside the store, or $TRANSPOSE_PROMOTE_LOCK (a path on a
+shared filesystem) for a remote tracking server. Load a promoted model with models:/NAME@champion.
+
+examples:
+  transpose promote --run-info outputs/pretrain/mlflow_run.json --metrics metrics/coco.json --name transpose-coco
+  transpose promote --name transpose-coco --version 3 [--metric AP] [--alias champion]
+  transpose promote --history transpose-coco
+
+With --run-info, --entry/--metric/--dataset/--split/--shards/--annotations default to params.yaml's
+promote.models.NAME (the DVC stage `promote` does the same for every model listed there).
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="transpose", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -187,6 +256,89 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="delta; default 0.01 (R) / 0.00075 (H) as in the paper")
     p.add_argument("--areas", choices=("dependency", "affected"), default="dependency")
     p.set_defaults(func=cmd_explain)
+    p = sub.add_parser(
+        "predict",
+        help="poses of the people in images: COCO results JSON and drawings",
+        description=PREDICT_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="trained model: a checkpoint file (best.pth), a run directory holding best.pth (the architecture is "
+        "read from model.json beside it), or a registry URI models:/NAME@ALIAS or models:/NAME/VERSION "
+        "(needs the pipeline extras: mlflow)",
+    )
+    p.add_argument(
+        "--images", required=True, metavar="PATH", help="one image, or a directory: every .jpg/.jpeg/.png in it, sorted"
+    )
+    p.add_argument(
+        "--boxes",
+        metavar="JSON",
+        help="person detections, COCO results JSON [{image_id, category_id, bbox: [x, y, w, h], score}]; only "
+        "category 1 is used. Without it each image is ONE person whose box is the whole image",
+    )
+    p.add_argument(
+        "--annotations", metavar="JSON", help="COCO JSON whose images[].file_name -> id maps files to --boxes image ids"
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (created if missing)")
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="also write each person's attention dependency areas (paper Fig. 6/7); about a second per person, "
+        "so limit the people with --min-box-score",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=32, metavar="N", help="person crops per forward pass, across images (32)"
+    )
+    p.add_argument("--no-flip", action="store_true", help="skip the flip test (2x faster, slightly less accurate)")
+    p.add_argument(
+        "--arch",
+        metavar="NAME",
+        help="architecture for a checkpoint without model.json, e.g. transpose_r_a4 (see `transpose models`)",
+    )
+    p.add_argument(
+        "--image-size", type=int, nargs=2, metavar=("H", "W"), help="input size with --arch (default: the variant's)"
+    )
+    p.add_argument(
+        "--min-box-score",
+        type=float,
+        metavar="S",
+        default=0.0,
+        help="drop detector boxes scoring below this (default 0: keep all, as the reference; rescoring ranks them)",
+    )
+    p.add_argument(
+        "--draw-threshold",
+        type=float,
+        default=0.2,
+        metavar="S",
+        help="hide drawn keypoints with a lower confidence (0.2)",
+    )
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when a GPU is visible, else cpu")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "promote",
+        help="register a model / move the champion alias / show promotion history",
+        description=PROMOTE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--name", help="registered model, e.g. transpose-coco or transpose-mpii")
+    p.add_argument("--version", help="the version to promote (a number)")
+    p.add_argument("--history", metavar="NAME", help="print every promotion decision of NAME as a table")
+    p.add_argument("--run-info", help="a training stage's mlflow_run.json: register its model, then promote it")
+    p.add_argument("--metrics", help="with --run-info: the evaluation stage's metrics file, e.g. metrics/coco.json")
+    p.add_argument("--entry", help="the run's name inside --metrics, e.g. pretrain (default: its only run)")
+    p.add_argument("--metric", help="gate metric (default: the version's own, AP for COCO, PCKh for MPII)")
+    p.add_argument("--alias", default="champion", help="the alias to move (default: champion)")
+    p.add_argument("--dataset", choices=("coco", "mpii"), help="with --run-info: the evaluation data's dataset")
+    p.add_argument("--split", help="with --run-info: the evaluated split, e.g. val_det or valid")
+    p.add_argument("--shards", help="with --run-info: the shards folder holding SPLIT-manifest.json")
+    p.add_argument("--annotations", help="with --run-info: the split's annotation file")
+    p.add_argument("--reevaluate", action="store_true", help="re-score a holder evaluated on other data")
+    p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or mlruns/mlflow.db)")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="defaults for --run-info")
+    p.set_defaults(func=cmd_promote)
     return parser
 
 

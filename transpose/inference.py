@@ -58,6 +58,33 @@ class Prediction:
     scales: np.ndarray  # [N, 2]
 
 
+def person_crops(
+    image_rgb: np.ndarray, boxes, image_size_hw: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Crops of [x, y, w, h] boxes at the model input's aspect ratio (x1.25 padding).
+
+    Returns centers [N, 2], scales [N, 2] and uint8 crops [N, h, w, 3].
+    """
+    h, w = image_size_hw
+    pairs = [box_to_center_scale(b, w / h) for b in boxes]
+    centers = np.asarray([c for c, _ in pairs], np.float32).reshape(-1, 2)
+    scales = np.asarray([s for _, s in pairs], np.float32).reshape(-1, 2)
+    crops = [crop(image_rgb, c, s, image_size_hw) for c, s in zip(centers, scales)]
+    return centers, scales, np.stack(crops) if crops else np.zeros((0, h, w, 3), np.uint8)
+
+
+@torch.no_grad()
+def crop_heatmaps(
+    model: torch.nn.Module, crops_rgb: np.ndarray, keypoint_set: KeypointSet, flip: bool = True
+) -> np.ndarray:
+    """Heatmaps [N, K, H, W] of one batch of uint8 crops [N, h, w, 3] (flip-averaged when `flip`)."""
+    cfg = model.data_config
+    device = next(model.parameters()).device
+    x = normalize(crops_rgb, cfg.mean, cfg.std).to(device)
+    out = flip_test(model, x, keypoint_set.flip_pairs) if flip else model(x)
+    return out.float().cpu().numpy()
+
+
 @torch.no_grad()
 def predict_boxes(
     model: torch.nn.Module,
@@ -70,18 +97,13 @@ def predict_boxes(
 ) -> Prediction:
     """Pose of each [x, y, w, h] box of one image, in image coordinates."""
     cfg = model.data_config
-    h, w = cfg.image_size
     keypoint_set = keypoint_set or keypoint_set_for(cfg.num_keypoints)
-    codec = HeatmapCodec.for_model(cfg.image_size)
-    centers, scales = zip(*(box_to_center_scale(b, w / h) for b in boxes)) if len(boxes) else ((), ())
-    centers, scales = np.asarray(centers, np.float32).reshape(-1, 2), np.asarray(scales, np.float32).reshape(-1, 2)
-    crops = np.stack([crop(image_rgb, c, s, cfg.image_size) for c, s in zip(centers, scales)]) if len(boxes) else None
-    device = next(model.parameters()).device
-    heatmaps = []
-    for start in range(0, len(centers), batch_size):
-        x = normalize(crops[start : start + batch_size], cfg.mean, cfg.std).to(device)
-        out = flip_test(model, x, keypoint_set.flip_pairs) if flip else model(x)
-        heatmaps.append(out.float().cpu().numpy())
-    heatmaps = np.concatenate(heatmaps) if heatmaps else np.zeros((0, cfg.num_keypoints, h // 4, w // 4), np.float32)
-    keypoints, scores = codec.decode(heatmaps, centers, scales, dark=dark)
+    centers, scales, crops = person_crops(image_rgb, boxes, cfg.image_size)
+    hm_h, hm_w = cfg.heatmap_size
+    heatmaps = [
+        crop_heatmaps(model, crops[start : start + batch_size], keypoint_set, flip)
+        for start in range(0, len(crops), batch_size)
+    ]
+    heatmaps = np.concatenate(heatmaps) if heatmaps else np.zeros((0, cfg.num_keypoints, hm_h, hm_w), np.float32)
+    keypoints, scores = HeatmapCodec.for_model(cfg.image_size).decode(heatmaps, centers, scales, dark=dark)
     return Prediction(keypoints, scores, heatmaps, centers, scales)

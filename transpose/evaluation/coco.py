@@ -161,6 +161,41 @@ def evaluate_coco(gt: CocoGroundTruth, results: list[dict]) -> tuple[dict[str, f
     return dict(zip(COCO_METRIC_NAMES, stats)), out.getvalue()
 
 
+def rescore(maxvals: np.ndarray, box_scores, in_vis_thre: float = 0.2) -> np.ndarray:
+    """The reference's instance score: box score x mean of the keypoint maxvals above in_vis_thre (0 if none)."""
+    maxvals = np.asarray(maxvals, dtype=np.float64)
+    above = maxvals > in_vis_thre
+    counts = above.sum(axis=1)
+    kpt_score = np.where(counts > 0, (maxvals * above).sum(axis=1) / np.maximum(counts, 1), 0.0)
+    return kpt_score * np.asarray(box_scores, dtype=np.float64)
+
+
+def nms_per_image(poses: np.ndarray, scores: np.ndarray, areas, image_ids, sigmas, oks_thre: float = 0.9) -> list[int]:
+    """Indices kept by hard OKS-NMS within each image (best first per image); all of an image if NMS keeps none.
+
+    poses [N, K, 3] (x, y, maxval); sigmas None skips NMS (keypoints without OKS sigmas, e.g. MPII).
+    """
+    by_image: dict[int, list[int]] = defaultdict(list)
+    for i, image_id in enumerate(image_ids):
+        by_image[int(image_id)].append(i)
+    kept: list[int] = []
+    for idx in by_image.values():
+        idx = np.asarray(idx)
+        keep = oks_nms(poses[idx], scores[idx], np.asarray(areas)[idx], oks_thre, sigmas) if sigmas is not None else []
+        kept += [int(j) for j in (idx[keep] if keep else idx)]
+    return kept
+
+
+def coco_result(image_id: int, pose: np.ndarray, score: float, category_id: int = 1) -> dict:
+    """One COCO keypoint result from a pose [K, 3] (x, y, maxval)."""
+    return {
+        "image_id": int(image_id),
+        "category_id": int(category_id),
+        "keypoints": [round(float(v), 3) for v in np.asarray(pose).reshape(-1)],
+        "score": float(score),
+    }
+
+
 def rescore_and_nms(
     keypoints: np.ndarray,
     maxvals: np.ndarray,
@@ -180,28 +215,10 @@ def rescore_and_nms(
     """
     keypoints = np.asarray(keypoints, dtype=np.float64)
     maxvals = np.asarray(maxvals, dtype=np.float64)
-    above = maxvals > in_vis_thre
-    counts = above.sum(axis=1)
-    kpt_score = np.where(counts > 0, (maxvals * above).sum(axis=1) / np.maximum(counts, 1), 0.0)
-    scores = kpt_score * np.asarray(box_scores, dtype=np.float64)
+    scores = rescore(maxvals, box_scores, in_vis_thre)
     poses = np.concatenate([keypoints, maxvals[..., None]], axis=2)
-    by_image: dict[int, list[int]] = defaultdict(list)
-    for i, image_id in enumerate(image_ids):
-        by_image[int(image_id)].append(i)
-    results = []
-    for image_id, idx in by_image.items():
-        idx = np.asarray(idx)
-        keep = oks_nms(poses[idx], scores[idx], np.asarray(areas)[idx], oks_thre, sigmas)
-        for j in idx[keep] if keep else idx:
-            results.append(
-                {
-                    "image_id": image_id,
-                    "category_id": int(category_id),
-                    "keypoints": [round(float(v), 3) for v in poses[j].reshape(-1)],
-                    "score": float(scores[j]),
-                }
-            )
-    return results
+    kept = nms_per_image(poses, scores, areas, image_ids, sigmas, oks_thre)
+    return [coco_result(image_ids[j], poses[j], scores[j], category_id) for j in kept]
 
 
 def ground_truth_as_results(gt: CocoGroundTruth) -> list[dict]:

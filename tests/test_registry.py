@@ -1,0 +1,257 @@
+"""Model registry and promotion against a real MLflow (sqlite store in a temp folder, no server)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+mlflow = pytest.importorskip("mlflow")
+
+from pipelines import registry  # noqa: E402
+from pipelines.registry import EvalData, RegistryError, load_registered_model, promote  # noqa: E402
+from transpose.models import ModelCard  # noqa: E402
+
+IMAGE_SIZE = (128, 96)
+
+
+@dataclass(frozen=True)
+class Store:
+    root: Path
+    model_uri: str  # the one logged (torch.export) model, of run_a
+    run_a: str  # best.pth + model.json of model_a, and the logged model
+    run_b: str  # best.pth + model.json of model_b only
+    model_a: torch.nn.Module
+    model_b: torch.nn.Module
+
+
+def _tiny(seed: int) -> torch.nn.Module:
+    from transpose.models import create_model
+
+    torch.manual_seed(seed)
+    return create_model("transpose_r_tiny", num_keypoints=17, image_size=IMAGE_SIZE).eval()
+
+
+def _log_run(model: torch.nn.Module, folder: Path, experiment_id: str, log_model: bool) -> tuple[str, str]:
+    """A training-like run: best.pth + model.json artifacts, and optionally the exported model."""
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    torch.save(model.state_dict(), folder / "best.pth")
+    ModelCard("transpose_r_tiny", 17, IMAGE_SIZE, dataset="coco").write(folder / "model.json")
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_artifact(str(folder / "best.pth"))
+        mlflow.log_artifact(str(folder / "model.json"))
+        uri = ""
+        if log_model:  # a batch-2 example keeps the batch dimension dynamic; explicit requirements skip inference
+            example = np.zeros((2, 3, *IMAGE_SIZE), dtype=np.float32)
+            info = mlflow.pytorch.log_model(model, name="model", input_example=example, pip_requirements=["torch"])
+            uri = info.model_uri
+    return run.info.run_id, uri
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Store:
+    root = tmp_path_factory.mktemp("mlflow")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        mp.delenv(registry.LOCK_ENV, raising=False)
+        mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+        experiment = mlflow.create_experiment("registry-test", artifact_location=(root / "artifacts").as_uri())
+        model_a, model_b = _tiny(1), _tiny(2)
+        run_a, uri = _log_run(model_a, root / "a", experiment, log_model=True)
+        run_b, _ = _log_run(model_b, root / "b", experiment, log_model=False)
+        yield Store(root, uri, run_a, run_b, model_a, model_b)
+
+
+def _data(root: Path, tag: str, seed: int) -> EvalData:
+    """An evaluation split: an annotation file (the seed of its inputs) and a shard manifest."""
+    folder = root / f"data-{tag}"
+    (folder / "shards").mkdir(parents=True, exist_ok=True)
+    (folder / "ann.json").write_text(json.dumps({"seed": seed}))
+    (folder / "shards" / "val-manifest.json").write_text(json.dumps({"split": "val", "tag": tag}))
+    return EvalData.from_files("coco", "val", folder / "ann.json", folder / "shards")
+
+
+def _register(store: Store, name: str, value: float, data: EvalData, run_id: str | None = None) -> str:
+    metrics = {"AP": value, "AR": value + 0.1}
+    return registry.register(name, store.model_uri, run_id or store.run_a, metrics, "AP", data).version
+
+
+def heat_score(model: torch.nn.Module, data: EvalData) -> dict[str, float]:
+    """A small real metric: the mean peak heatmap response on the split's inputs."""
+    seed = json.loads(Path(data.annotations).read_text())["seed"]
+    x = torch.randn(2, 3, *IMAGE_SIZE, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return {"AP": float(model(x).amax(dim=(2, 3)).mean())}
+
+
+def _champion(name: str) -> str:
+    return registry.champion(name).version
+
+
+def test_better_takes_the_alias_worse_and_equal_do_not(store):
+    data = _data(store.root, "a", 0)
+    name = "t-order"
+    versions = [_register(store, name, v, data) for v in (0.5, 0.4, 0.5, 0.6)]
+    decisions = [promote(name, v) for v in versions]
+    assert [d.moved for d in decisions] == [True, False, False, True]
+    assert _champion(name) == versions[3]
+    past = registry.history(name)
+    assert [d.seq for d in past] == [1, 2, 3, 4]
+    assert [(d.candidate, d.candidate_value, d.holder, d.holder_value) for d in past] == [
+        (versions[0], 0.5, None, None),
+        (versions[1], 0.4, versions[0], 0.5),
+        (versions[2], 0.5, versions[0], 0.5),
+        (versions[3], 0.6, versions[0], 0.5),
+    ]
+    assert all(d.metric == "AP" and d.fingerprint == data.fingerprint for d in past)
+    # the same run, scores and data register once; another metric than the gate can be asked for
+    assert _register(store, name, 0.6, data) == versions[3]
+    assert promote(name, versions[1], metric="AR").moved is False
+    with pytest.raises(RegistryError, match="no metric 'PCKh'"):
+        promote(name, versions[1], metric="PCKh")
+
+
+def test_champion_loads_back_as_transpose_and_as_exported_graph(store):
+    name = "t-load"
+    version = _register(store, name, 0.5, _data(store.root, "a", 0))
+    promote(name, version)
+    x = torch.randn(2, 3, *IMAGE_SIZE)
+    with torch.no_grad():
+        expected = store.model_a(x)
+        model = load_registered_model(f"models:/{name}@champion")
+        assert type(model) is type(store.model_a) and not model.training
+        torch.testing.assert_close(model(x), expected)
+        assert hasattr(model, "global_encoder")  # the real module (attention for explain), not a GraphModule
+        graph = mlflow.pytorch.load_model(f"models:/{name}@champion")
+        torch.testing.assert_close(graph(x[:1]), expected[:1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(load_registered_model(f"models:/{name}/{version}")(x), expected)
+    with pytest.raises(RegistryError, match="no registered model 'nope'.*registered: .*t-load"):
+        load_registered_model("models:/nope@champion")
+    with pytest.raises(RegistryError, match="no alias 'staging'.*aliases: champion"):
+        load_registered_model(f"models:/{name}@staging")
+    with pytest.raises(RegistryError, match="has no version 99"):
+        load_registered_model(f"models:/{name}/99")
+
+
+def test_holder_on_other_data_is_re_evaluated_or_the_promotion_refused(store):
+    name = "t-data"
+    old, new = _data(store.root, "old", 0), _data(store.root, "new", 5)
+    assert old.fingerprint != new.fingerprint
+    holder = _register(store, name, heat_score(store.model_a, old)["AP"], old, store.run_a)
+    promote(name, holder)
+    cand_value = heat_score(store.model_b, new)["AP"]
+    candidate = _register(store, name, cand_value, new, store.run_b)
+
+    refused = promote(name, candidate)
+    assert refused.refused and not refused.moved and "evaluated on other data" in refused.reason
+    assert _champion(name) == holder
+
+    calls = []
+
+    def evaluate(version: registry.VersionRecord, data: EvalData) -> dict[str, float]:
+        calls.append((version.version, data.fingerprint))
+        return heat_score(load_registered_model(version.uri), data)
+
+    decision = promote(name, candidate, evaluate=evaluate)
+    holder_on_new = heat_score(store.model_a, new)["AP"]
+    assert calls == [(holder, new.fingerprint)]
+    assert decision.holder_value == pytest.approx(holder_on_new, rel=1e-6)
+    assert decision.moved == (cand_value > holder_on_new)
+    assert _champion(name) == (candidate if decision.moved else holder)
+    # the re-evaluation is kept on the holder: a later candidate on the same data needs no callable
+    assert registry.get_version(name, holder).value_on("AP", new) == pytest.approx(holder_on_new, rel=1e-6)
+    if not decision.moved:
+        later = _register(store, name, holder_on_new + 1.0, new, store.run_b)
+        assert promote(name, later).moved
+    assert [d.refused for d in registry.history(name)][:2] == [False, True]
+
+
+def _promote_worker(name: str, version: str, barrier) -> None:
+    barrier.wait(timeout=120)
+    promote(name, version)
+
+
+def test_concurrent_promotions_leave_the_best(store):
+    data = _data(store.root, "a", 0)
+    name = "t-race"
+    holder = _register(store, name, 0.4, data)
+    promote(name, holder)
+    values = (0.3, 0.7, 0.5, 0.6)
+    versions = [_register(store, name, v, data) for v in values]
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(len(versions))
+    workers = [ctx.Process(target=_promote_worker, args=(name, v, barrier)) for v in versions]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=240)
+    assert [w.exitcode for w in workers] == [0] * len(workers)
+    assert _champion(name) == versions[values.index(0.7)]
+    past = registry.history(name)
+    assert len(past) == 1 + len(values)
+    assert sorted(d.candidate for d in past[1:]) == sorted(versions)
+    assert not any(d.reason.startswith("repair") for d in past)
+
+
+def test_alias_left_on_a_worse_model_is_repaired(store):
+    data = _data(store.root, "a", 0)
+    name = "t-repair"
+    best, worse, later = (_register(store, name, v, data) for v in (0.7, 0.5, 0.3))
+    promote(name, best)
+    mlflow.MlflowClient().set_registered_model_alias(name, "champion", worse)  # a lock-less writer won a race
+    decision = promote(name, later)
+    assert not decision.moved and decision.holder == worse
+    assert _champion(name) == best
+    repair = registry.history(name)[-1]
+    assert repair.moved and repair.reason.startswith("repair") and (repair.candidate, repair.holder) == (best, worse)
+
+
+def test_cli_registers_promotes_and_prints_the_history(store, tmp_path, capsys):
+    from pipelines.promote import run
+    from transpose.cli import main
+
+    data = _data(store.root, "a", 0)
+    info = tmp_path / "mlflow_run.json"
+    info.write_text(json.dumps({"run_id": store.run_a, "model_uri": store.model_uri, "tracking_uri": "unused"}))
+    (tmp_path / "coco.json").write_text(json.dumps({"pretrain": {"AP": 0.25, "AR": 0.3}}))
+    flags = ["--dataset", "coco", "--split", "val", "--shards", data.shards, "--annotations", data.annotations]
+    flags += ["--params", str(tmp_path / "none.yaml")]
+    register = ["promote", "--run-info", str(info), "--metrics", str(tmp_path / "coco.json"), "--name", "t-cli"]
+    assert main([*register, *flags]) == 0
+    assert main(["promote", "--name", "t-cli", "--version", "1"]) == 0
+    assert main(["promote", "--history", "t-cli"]) == 0
+    table = capsys.readouterr().out.splitlines()[-3:]
+    assert table[0].split()[:4] == ["#", "when", "(UTC)", "alias"] and "moved" in table[0]
+    assert table[1].split()[4:9] == ["v1", "0.2500", "-", "-", "yes"]
+    assert table[2].split()[4:9] == ["v1", "0.2500", "v1", "0.2500", "no"]
+    assert main(["promote", "--history", "t-nope"]) == 2
+    assert "no registered model 't-nope'" in capsys.readouterr().err
+    assert main(["promote", "--name", "t-cli", "--version", "1", "--metric", "PCKh"]) == 2
+    assert "no metric 'PCKh'" in capsys.readouterr().err
+
+    # the DVC stage: one model registered and promoted, one skipped (trained with --no-mlflow)
+    entry = {"metrics": str(tmp_path / "coco.json"), "entry": "pretrain", "metric": "AP", "dataset": "coco"}
+    entry.update(split="val", shards=data.shards, annotations=data.annotations)
+    section = {"alias": "champion", "out": str(tmp_path / "promote.json"), "models": {}}
+    section["models"]["t-stage"] = {**entry, "run_info": str(info)}
+    section["models"]["t-skip"] = {**entry, "run_info": str(tmp_path / "absent.json")}
+    (tmp_path / "params.yaml").write_text(json.dumps({"promote": section}))
+    run("promote", tmp_path / "params.yaml")
+    report = json.loads((tmp_path / "promote.json").read_text())["models"]
+    assert report["t-stage"]["moved"] and report["t-stage"]["candidate_value"] == 0.25
+    assert "--no-mlflow" in report["t-skip"]["skipped"]
+
+
+def test_lock_beside_the_store_or_where_told(monkeypatch, tmp_path):
+    monkeypatch.delenv(registry.LOCK_ENV, raising=False)
+    assert registry.lock_path("sqlite:////srv/ml/mlflow.db") == Path("/srv/ml/mlflow.db.promote.lock")
+    assert registry.lock_path("file:///srv/mlruns") == Path("/srv/mlruns/promote.lock")
+    assert registry.lock_path("http://mlflow:5000").name.startswith("transpose-promote-")
+    monkeypatch.setenv(registry.LOCK_ENV, str(tmp_path / "shared.lock"))
+    assert registry.lock_path("http://mlflow:5000") == tmp_path / "shared.lock"
