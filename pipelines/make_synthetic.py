@@ -8,12 +8,33 @@ With data.source = "real" it writes only a note (the shard stage then reads the 
 from __future__ import annotations
 
 import shutil
+from dataclasses import fields
 from pathlib import Path
 
 from dataops.synthetic import SyntheticConfig, generate
 from pipelines.params import require, stage_params
 
 OUT = Path("data/synthetic")
+
+
+def scene_overrides(scene: dict) -> dict:
+    """`synthetic.scene` -> SyntheticConfig keyword arguments (how hard the pictures are: person sizes, facing,
+    poses, occluders, clutter, truncation); a key that is not a field of SyntheticConfig stops the stage."""
+    known = {f.name for f in fields(SyntheticConfig)} - {"seed", "coco_train", "coco_val", "mpii_train", "mpii_valid"}
+    unknown = sorted(set(scene) - known)
+    if unknown:
+        raise SystemExit(
+            f"params.yaml: unknown key(s) {', '.join('synthetic.scene.' + k for k in unknown)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    out = {}
+    for key, value in scene.items():
+        if isinstance(value, dict):  # pose_weights: {stand: 0.25, ...}
+            value = tuple((str(k), float(v)) for k, v in value.items())
+        elif isinstance(value, list):
+            value = tuple(value)
+        out[key] = value
+    return out
 
 
 def main() -> None:
@@ -34,6 +55,7 @@ def main() -> None:
         mpii_train=require(p, "synthetic", "mpii_train_images", int),
         mpii_valid=require(p, "synthetic", "mpii_valid_images", int),
         image_size=(require(p, "synthetic", "image_width", int), require(p, "synthetic", "image_height", int)),
+        **scene_overrides(p.get("scene") or {}),
     )
     generate(config, OUT, workers=require(p, "synthetic", "workers", int))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import fields
 from pathlib import Path
 
@@ -48,12 +49,32 @@ def train_config(section: dict, stage: str) -> TrainConfig:
         raise SystemExit(f"params.yaml: {stage}.train: {err}") from None
 
 
+def augment_config(p: dict, training: bool) -> AugmentConfig:
+    """The section's `augment:` overrides of the reference's augmentation (training only). Shards store each
+    person's region reachable under the default (scale 0.35, rotation 45): larger values would read past it."""
+    if not training:
+        return AugmentConfig(enabled=False)
+    values = dict(p.get("augment") or {})
+    known = {f.name for f in fields(AugmentConfig)} - {"enabled"}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SystemExit(f"params.yaml: unknown augment key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    config = AugmentConfig(**values)
+    limit = AugmentConfig()
+    if config.scale_factor > limit.scale_factor or config.rotation_factor > limit.rotation_factor:
+        raise SystemExit(
+            f"params.yaml: augment scale_factor/rotation_factor above the shards' {limit.scale_factor}/"
+            f"{limit.rotation_factor} would crop outside the stored person regions"
+        )
+    return config
+
+
 def build_loader(p: dict, split: str, keypoint_set, rank: int, world: int, training: bool):
     h, w = p["image_size"]
     config = LoaderConfig(
         input_size=(h, w),
         batch_size=p["batch_size"],
-        augment=AugmentConfig(enabled=training),
+        augment=augment_config(p, training),
         keypoint_set=keypoint_set,
         shuffle=training,
         seed=p.get("train", {}).get("seed", 22),
@@ -65,6 +86,14 @@ def build_loader(p: dict, split: str, keypoint_set, rank: int, world: int, train
         gpu = local_rank() if device == "gpu" else None  # the CUDA index as this process sees it
         return DaliLoader(shards, split, config, rank, world, device=device, device_id=gpu)
     return TwinLoader(shards, split, config, rank, world)
+
+
+def cpu_threads_per_process() -> int:
+    """OMP_NUM_THREADS when set, else the cores shared out among this node's processes (torchrun sets
+    LOCAL_WORLD_SIZE), so 2 processes on 2 cores use 1 thread each instead of oversubscribing."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    return max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def run(stage: str, params_file: Path = Path("params.yaml"), tracker=None) -> dict:
@@ -94,6 +123,8 @@ def run_section(p: dict, name: str = "section", tracker=None, on_epoch_end=None)
     from transpose.engine.distributed import init_process_group
 
     rank, world = init_process_group(p.get("device", "cpu"))
+    if p.get("device", "cpu") == "cpu":
+        torch.set_num_threads(cpu_threads_per_process())
     if rank == 0:  # what inference and the registry need to rebuild best.pth
         ModelCard(
             p["model"], keypoint_set.num_keypoints, tuple(p["image_size"]), p.get("model_args", {}), p["dataset"]

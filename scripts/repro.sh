@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/dvc ] || { echo "no .venv: run 'bash scripts/setup.sh' first" >&2; exit 1; }
-export PATH="$PWD/.venv/bin:$PATH" DVC_NO_ANALYTICS=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+export PATH="$PWD/.venv/bin:$PATH" DVC_NO_ANALYTICS=1  # training shares the cores out among its processes
 export TRANSPOSE_PIPELINE_ID="${TRANSPOSE_PIPELINE_ID:-repro-$(date -u +%Y%m%dT%H%M%SZ)-$(git rev-parse --short HEAD 2>/dev/null || echo local)}"
 start=$(date +%s)
 dvc repro "$@"

@@ -1,0 +1,47 @@
+"""Stage sections of params.yaml map onto the library's configs, and bad keys stop the stage naming them."""
+
+from __future__ import annotations
+
+import pytest
+
+from dataops.augment import AugmentConfig
+from dataops.synthetic import SyntheticConfig
+from pipelines.make_synthetic import scene_overrides
+from pipelines.train import augment_config, cpu_threads_per_process
+
+
+def test_scene_overrides_build_a_synthetic_config():
+    scene = {
+        "person_height": [64, 400],
+        "facing_weights": [0.75, 0.1, 0.15],
+        "pose_weights": {"stand": 0.5, "walk": 0.5},
+        "occluders_per_image": [0, 1],
+    }
+    config = SyntheticConfig(**scene_overrides(scene))
+    assert config.person_height == (64, 400)
+    assert config.pose_weights == (("stand", 0.5), ("walk", 0.5))
+    assert config.occluders_per_image == (0, 1)
+    with pytest.raises(SystemExit, match="synthetic.scene.person_heigth"):
+        scene_overrides({"person_heigth": [1, 2]})
+    with pytest.raises(SystemExit, match="synthetic.scene.seed"):  # counts and seed have their own keys
+        scene_overrides({"seed": 3})
+
+
+def test_augment_section():
+    assert augment_config({}, training=True) == AugmentConfig()
+    light = augment_config({"augment": {"scale_factor": 0.25, "half_body_prob": 0.0}}, training=True)
+    assert (light.scale_factor, light.half_body_prob, light.rotation_factor) == (0.25, 0.0, 45.0)
+    assert augment_config({"augment": {"scale_factor": 0.25}}, training=False) == AugmentConfig(enabled=False)
+    with pytest.raises(SystemExit, match="unknown augment key"):
+        augment_config({"augment": {"scale": 0.3}}, training=True)
+    with pytest.raises(SystemExit, match="outside the stored person regions"):
+        augment_config({"augment": {"rotation_factor": 60}}, training=True)
+
+
+def test_cpu_threads_are_shared_out_among_local_processes(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert cpu_threads_per_process() == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads_per_process() == 3
