@@ -9,7 +9,8 @@ Runbook (the pipelines call this; the same command resumes a killed run):
 The trainer imports torch and deepspeed only and takes everything else as arguments: a resumable train
 loader (`__iter__` over the rest of the current epoch, `state_dict`/`load_state_dict`, `steps_per_epoch`),
 a `prepare_batch(batch, device) -> (images, targets, weights)` that builds targets on the device, a
-`validate(model) -> (metrics, predictions)` callable, and a tracker (log_params/log_metrics/log_artifact).
+`validate(model) -> (metrics, predictions)` callable, a tracker (log_params/log_metrics/log_artifact), and
+optionally `on_epoch_end(record)`, which every rank calls after the epoch's checkpoint (Ray Tune reports).
 
 Checkpoints (`out_dir/checkpoints/TAG/`): DeepSpeed's model/optimizer/scheduler files plus one `rank{r}.pt`
 per rank (loader position, RNG states). `checkpoints/latest.json` names the newest complete checkpoint and is
@@ -106,8 +107,10 @@ class Trainer:
         device: str = "cpu",
         head_prefixes: tuple[str, ...] = ("final_layer.",),
         fingerprint: str = "",
+        on_epoch_end: Callable[[dict], None] | None = None,
     ):
         self.config = config
+        self.on_epoch_end = on_epoch_end  # every rank, after the epoch's checkpoint: the epoch's record
         self.fingerprint = fingerprint or json.dumps(asdict(config), sort_keys=True)
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
@@ -278,6 +281,8 @@ class Trainer:
                 print(f"epoch {self.epoch + 1}: {summary}")
             self.epoch, self.step_in_epoch = self.epoch + 1, 0
             self.save_checkpoint()
+            if self.on_epoch_end is not None:  # e.g. Ray Tune's report (every rank), which may stop the run here
+                self.on_epoch_end(dict(record))
         self.export("final.pth")
         if is_main():
             (self.out_dir / "history.json").write_text(json.dumps(self.history, indent=1))
