@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -96,6 +97,12 @@ def cpu_threads_per_process() -> int:
     return max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
+def use_environment_extension_cache() -> None:
+    """DeepSpeed JIT-builds a CPU communication op when it sets up processes; a build cache per Python
+    environment (unless TORCH_EXTENSIONS_DIR is set) keeps two venvs on one machine from rebuilding it in turn."""
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+
+
 def run(stage: str, params_file: Path = Path("params.yaml"), tracker=None) -> dict:
     """Train the params.yaml section `stage`; returns the best validation record."""
     params = yaml.safe_load(params_file.read_text())
@@ -109,6 +116,7 @@ def run_section(p: dict, name: str = "section", tracker=None, on_epoch_end=None)
     Ray Tune trials call this with a section whose values the search space overrides, and with
     `on_epoch_end(record)`, which every rank calls after each epoch's checkpoint (pipelines/tune.py)."""
     stage = name.rsplit(": ", 1)[-1]
+    use_environment_extension_cache()
     missing = [k for k in ("model", "image_size", "dataset", "shards", "out_dir", "batch_size") if k not in p]
     if missing:
         raise SystemExit(f"{name}: missing key(s) {', '.join(f'{stage}.{k}' for k in missing)}")
@@ -198,6 +206,7 @@ def main() -> None:
     section = params.get(args.stage, {})
     from transpose.engine.distributed import init_process_group, is_main
 
+    use_environment_extension_cache()
     init_process_group(section.get("device", "cpu"))
     with stage_run(args.stage, section, enabled=is_main() and not args.no_mlflow) as tracker:
         best = run(args.stage, args.params, tracker=tracker)
