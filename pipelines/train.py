@@ -108,18 +108,17 @@ def run(stage: str, params_file: Path = Path("params.yaml"), tracker=None) -> di
     params = yaml.safe_load(params_file.read_text())
     if stage not in params:
         raise SystemExit(f"{params_file}: no section '{stage}'")
-    return run_section(params[stage], f"{params_file}: {stage}", tracker)
+    return run_section(params[stage], stage, tracker, source=str(params_file))
 
 
-def run_section(p: dict, name: str = "section", tracker=None, on_epoch_end=None) -> dict:
-    """Train from one stage section (a dict with the keys above); `name` prefixes error messages.
+def run_section(p: dict, stage: str, tracker=None, on_epoch_end=None, source: str = "params.yaml") -> dict:
+    """Train from the section `stage` (a dict with the keys above); errors name `source` and the key.
     Ray Tune trials call this with a section whose values the search space overrides, and with
     `on_epoch_end(record)`, which every rank calls after each epoch's checkpoint (pipelines/tune.py)."""
-    stage = name.rsplit(": ", 1)[-1]
     use_environment_extension_cache()
     missing = [k for k in ("model", "image_size", "dataset", "shards", "out_dir", "batch_size") if k not in p]
     if missing:
-        raise SystemExit(f"{name}: missing key(s) {', '.join(f'{stage}.{k}' for k in missing)}")
+        raise SystemExit(f"{source}: missing key(s) {', '.join(f'{stage}.{k}' for k in missing)}")
     config = train_config(p, stage)
     keypoint_set = COCO if p["dataset"] == "coco" else MPII
     torch.manual_seed(config.seed)  # the same initial weights in every process and every run

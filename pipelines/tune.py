@@ -239,7 +239,7 @@ def train_worker(config: dict) -> None:
         else:
             ray.train.report(tune_metrics(record))
 
-    run_section(section, f"tune: {config['stage']}", on_epoch_end=on_epoch_end)
+    run_section(section, config["stage"], on_epoch_end=on_epoch_end, source="tune")
     if not final:  # a trial that had already finished before a restore: its last record
         final.update(json.loads((out_dir / "checkpoints" / "latest.json").read_text())["history"][-1])
     ray.train.report(tune_metrics(final))
