@@ -12,7 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from dataops.synthetic import SyntheticConfig, generate
-from pipelines.params import require, stage_params
+from pipelines.params import reject_unknown_keys, require, stage_params
 
 OUT = Path("data/synthetic")
 
@@ -21,12 +21,7 @@ def scene_overrides(scene: dict) -> dict:
     """`synthetic.scene` -> SyntheticConfig keyword arguments (how hard the pictures are: person sizes, facing,
     poses, occluders, clutter, truncation); a key that is not a field of SyntheticConfig stops the stage."""
     known = {f.name for f in fields(SyntheticConfig)} - {"seed", "coco_train", "coco_val", "mpii_train", "mpii_valid"}
-    unknown = sorted(set(scene) - known)
-    if unknown:
-        raise SystemExit(
-            f"params.yaml: unknown key(s) {', '.join('synthetic.scene.' + k for k in unknown)}; "
-            f"known: {', '.join(sorted(known))}"
-        )
+    reject_unknown_keys(scene, known, "synthetic.scene")
     out = {}
     for key, value in scene.items():
         if isinstance(value, dict):  # pose_weights: {stand: 0.25, ...}

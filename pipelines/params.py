@@ -28,3 +28,12 @@ def require(params: dict, section: str, key: str, kind: type | tuple[type, ...])
         expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise SystemExit(f"params.yaml: '{section}.{key}' must be {expected}, got {value!r}")
     return value
+
+
+def reject_unknown_keys(values: dict, known: set[str], section: str, show_known: bool = True) -> None:
+    """Stop the stage when `values` has keys outside `known`, naming each as `section.key` (a typo in
+    params.yaml would otherwise be ignored silently)."""
+    unknown = sorted(set(values) - known)
+    if unknown:
+        hint = f"; known: {', '.join(sorted(known))}" if show_known else ""
+        raise SystemExit(f"params.yaml: unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}{hint}")

@@ -27,6 +27,7 @@ from dataops.augment import AugmentConfig
 from dataops.loaders import LoaderConfig, make_targets
 from dataops.loaders.dali_loader import DaliLoader
 from dataops.loaders.torch_loader import TwinLoader
+from pipelines.params import reject_unknown_keys
 from pipelines.tracking import stage_run
 from transpose.engine import TrainConfig
 from transpose.engine.distributed import local_rank
@@ -41,25 +42,21 @@ from transpose.models.card import CARD_NAME, ModelCard
 def train_config(section: dict, stage: str) -> TrainConfig:
     known = {f.name for f in fields(TrainConfig)}
     values = section.get("train", {})
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise SystemExit(f"params.yaml: unknown key(s) {', '.join(f'{stage}.train.{k}' for k in unknown)}")
+    reject_unknown_keys(values, known, f"{stage}.train")
     try:
         return TrainConfig(**values)
     except (TypeError, ValueError) as err:
         raise SystemExit(f"params.yaml: {stage}.train: {err}") from None
 
 
-def augment_config(p: dict, training: bool) -> AugmentConfig:
+def augment_config(p: dict, training: bool, stage: str = "STAGE") -> AugmentConfig:
     """The section's `augment:` overrides of the reference's augmentation (training only). Shards store each
     person's region reachable under the default (scale 0.35, rotation 45): larger values would read past it."""
     if not training:
         return AugmentConfig(enabled=False)
     values = dict(p.get("augment") or {})
     known = {f.name for f in fields(AugmentConfig)} - {"enabled"}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise SystemExit(f"params.yaml: unknown augment key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    reject_unknown_keys(values, known, f"{stage}.augment")
     config = AugmentConfig(**values)
     limit = AugmentConfig()
     if config.scale_factor > limit.scale_factor or config.rotation_factor > limit.rotation_factor:
@@ -70,14 +67,16 @@ def augment_config(p: dict, training: bool) -> AugmentConfig:
     return config
 
 
-def build_loader(p: dict, split: str, keypoint_set, rank: int, world: int, training: bool):
+def build_loader(p: dict, split: str, keypoint_set, rank: int, world: int, augment: AugmentConfig | None):
+    """The split's loader over this rank's share of the shards: shuffled and augmented for training, or in
+    order and unaugmented for evaluation (`augment` None)."""
     h, w = p["image_size"]
     config = LoaderConfig(
         input_size=(h, w),
         batch_size=p["batch_size"],
-        augment=augment_config(p, training),
+        augment=augment or AugmentConfig(enabled=False),
         keypoint_set=keypoint_set,
-        shuffle=training,
+        shuffle=augment is not None,
         seed=p.get("train", {}).get("seed", 22),
         workers=p.get("workers", 2),
     )
@@ -120,6 +119,7 @@ def run_section(p: dict, stage: str, tracker=None, on_epoch_end=None, source: st
     if missing:
         raise SystemExit(f"{source}: missing key(s) {', '.join(f'{stage}.{k}' for k in missing)}")
     config = train_config(p, stage)
+    augment = augment_config(p, training=True, stage=stage)
     keypoint_set = COCO if p["dataset"] == "coco" else MPII
     torch.manual_seed(config.seed)  # the same initial weights in every process and every run
     model = create_model(p["model"], num_keypoints=17, image_size=tuple(p["image_size"]), **p.get("model_args", {}))
@@ -136,7 +136,7 @@ def run_section(p: dict, stage: str, tracker=None, on_epoch_end=None, source: st
         ModelCard(
             p["model"], keypoint_set.num_keypoints, tuple(p["image_size"]), p.get("model_args", {}), p["dataset"]
         ).write(Path(p["out_dir"]) / CARD_NAME)
-    train_loader = build_loader(p, "train", keypoint_set, rank, world, training=True)
+    train_loader = build_loader(p, "train", keypoint_set, rank, world, augment)
     val_split = p.get("val_split", "val_det" if p["dataset"] == "coco" else "valid")
     if not p.get("validate", True):
         scorer = None
@@ -152,7 +152,7 @@ def run_section(p: dict, stage: str, tracker=None, on_epoch_end=None, source: st
         return batch["image"], targets, weights
 
     def run_validation(module):
-        loader = build_loader(p, val_split, keypoint_set, rank, world, training=False)
+        loader = build_loader(p, val_split, keypoint_set, rank, world, augment=None)
         return validate(
             module, loader, scorer, keypoint_set, input_size, next(module.parameters()).device, config.flip_test
         )

@@ -59,6 +59,8 @@ from typing import Any
 
 import yaml
 
+from pipelines.params import reject_unknown_keys
+
 SWEEP_RUN_FILE = "mlflow_sweep_run.json"
 
 
@@ -97,14 +99,10 @@ class TuneSettings:
     @classmethod
     def from_section(cls, section: dict) -> TuneSettings:
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise SystemExit(f"params.yaml: unknown key(s) {', '.join(f'tune.{k}' for k in unknown)}")
+        reject_unknown_keys(section, known, "tune")
         values = dict(section)
         scheduler = values.pop("scheduler", {}) or {}
-        bad = sorted(set(scheduler) - {f.name for f in fields(SchedulerConfig)})
-        if bad:
-            raise SystemExit(f"params.yaml: unknown key(s) {', '.join(f'tune.scheduler.{k}' for k in bad)}")
+        reject_unknown_keys(scheduler, {f.name for f in fields(SchedulerConfig)}, "tune.scheduler")
         if not values.get("space"):
             raise SystemExit("params.yaml: tune.space is empty: nothing to search")
         settings = cls(scheduler=SchedulerConfig(**scheduler), **values)

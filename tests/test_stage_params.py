@@ -7,7 +7,8 @@ import pytest
 from dataops.augment import AugmentConfig
 from dataops.synthetic import SyntheticConfig
 from pipelines.make_synthetic import scene_overrides
-from pipelines.train import augment_config, cpu_threads_per_process
+from pipelines.train import augment_config, cpu_threads_per_process, train_config
+from pipelines.tune import TuneSettings
 
 
 def test_scene_overrides_build_a_synthetic_config():
@@ -32,10 +33,20 @@ def test_augment_section():
     light = augment_config({"augment": {"scale_factor": 0.25, "half_body_prob": 0.0}}, training=True)
     assert (light.scale_factor, light.half_body_prob, light.rotation_factor) == (0.25, 0.0, 45.0)
     assert augment_config({"augment": {"scale_factor": 0.25}}, training=False) == AugmentConfig(enabled=False)
-    with pytest.raises(SystemExit, match="unknown augment key"):
+    with pytest.raises(SystemExit, match="STAGE.augment.scale"):
         augment_config({"augment": {"scale": 0.3}}, training=True)
     with pytest.raises(SystemExit, match="outside the stored person regions"):
         augment_config({"augment": {"rotation_factor": 60}}, training=True)
+
+
+def test_train_and_tune_sections_name_unknown_keys():
+    assert train_config({"train": {"epochs": 3, "lr": 0.01}}, "pretrain").epochs == 3
+    with pytest.raises(SystemExit, match=r"pretrain\.train\.epoch\b"):
+        train_config({"train": {"epoch": 3}}, "pretrain")
+    with pytest.raises(SystemExit, match=r"tune\.trails"):
+        TuneSettings.from_section({"space": {"train.lr": {"choice": [0.1]}}, "trails": 2})
+    with pytest.raises(SystemExit, match=r"tune\.scheduler\.grace"):
+        TuneSettings.from_section({"space": {"train.lr": {"choice": [0.1]}}, "scheduler": {"grace": 1}})
 
 
 def test_cpu_threads_are_shared_out_among_local_processes(monkeypatch):
