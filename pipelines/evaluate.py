@@ -5,7 +5,8 @@ and DARK decoding, as the reference does; write DVC metrics, predictions, explan
     python -m pipelines.evaluate --stage evaluate_mpii
 
 Section keys: model, image_size, dataset (coco|mpii), shards, split, annotations, runs (name -> out_dir with
-best.pth and history.json), metrics (the DVC metrics file), out_dir, explain_samples.
+best.pth and history.json), metrics (the DVC metrics file), out_dir, explain_samples. COCO runs also get
+NAME_keypoint_errors.json/.png: per-joint hit rates, mirrored people and OKS by size (where AP is lost).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataops.loaders import LoaderConfig
 from dataops.loaders.dali_loader import DaliLoader
 from transpose.engine.validation import coco_scorer, mpii_scorer, predict
 from transpose.evaluation import load_coco_ground_truth, load_mpii_ground_truth
+from transpose.evaluation.breakdown import format_breakdown, keypoint_breakdown, plot_breakdown
 from transpose.keypoints import COCO, MPII
 from transpose.models import create_model, load_reference_checkpoint
 
@@ -102,6 +104,15 @@ def curves_figure(histories: dict[str, list[dict]], gate: str, out: Path) -> Pat
     return out
 
 
+def keypoint_errors(p: dict, name: str, results: list[dict], out_dir: Path) -> Path:
+    """Where the run's OKS is lost (per joint, mirrored people, by size): NAME_keypoint_errors.json and .png."""
+    breakdown = keypoint_breakdown(load_coco_ground_truth(p["annotations"]), results)
+    (out_dir / f"{name}_keypoint_errors.json").write_text(json.dumps(breakdown, indent=1) + "\n")
+    print(f"{name} on {p['split']}: " + format_breakdown(breakdown))
+    title = f"{name} ({p['model']}) on {p['split']}: where the OKS is lost"
+    return plot_breakdown(breakdown, out_dir / f"{name}_keypoint_errors.png", title=title)
+
+
 def run(stage: str, params_file: Path = Path("params.yaml")) -> dict:
     params = yaml.safe_load(params_file.read_text())
     if stage not in params:
@@ -110,16 +121,19 @@ def run(stage: str, params_file: Path = Path("params.yaml")) -> dict:
     out_dir = Path(p["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     gate = "AP" if p["dataset"] == "coco" else "PCKh"
-    report, histories = {}, {}
+    report, histories, figures = {}, {}, []
     for name, run_dir in p["runs"].items():
         run_dir = Path(run_dir)
         metrics, results, model = evaluate_checkpoint(p, run_dir / "best.pth")
         report[name] = metrics
         (out_dir / f"{name}_predictions.json").write_text(json.dumps(results))
+        if p["dataset"] == "coco":
+            figures.append(keypoint_errors(p, name, results, out_dir))
         if (run_dir / "history.json").is_file():
             histories[name] = json.loads((run_dir / "history.json").read_text())
         print(f"{stage} {name}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-    figures = [curves_figure(histories, gate, out_dir / "training_curves.png")] if histories else []
+    if histories:
+        figures.append(curves_figure(histories, gate, out_dir / "training_curves.png"))
     figures += explain_figures(model, p, out_dir, int(p.get("explain_samples", 2)))
     Path(p["metrics"]).parent.mkdir(parents=True, exist_ok=True)
     Path(p["metrics"]).write_text(json.dumps(report, indent=2) + "\n")

@@ -23,6 +23,7 @@ from transpose.evaluation import (
     oks_one_to_many,
     rescore_and_nms,
 )
+from transpose.evaluation.breakdown import format_breakdown, keypoint_breakdown, plot_breakdown
 from transpose.keypoints import COCO_SIGMAS
 
 THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -206,13 +207,18 @@ def test_cli_evaluate_coco_and_mpii(realdata, tmp_path, capsys, coco_gt):
                 str(results),
                 "--out",
                 str(out),
+                "--breakdown",
+                str(tmp_path / "where.png"),
             ]
         )
         == 0
     )
     metrics = json.loads(out.read_text())
     assert set(metrics) >= {"AP", "AP50", "AP75", "APm", "APl", "AR"} and metrics["AP"] == pytest.approx(0.8)
-    assert "| AP | AP50 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| AP | AP50 |" in printed and "weakest first" in printed
+    assert json.loads((tmp_path / "where.json").read_text())["mean_oks"] == pytest.approx(0.86)
+    assert (tmp_path / "where.png").is_file()
     results.write_text(json.dumps({"not": "a list"}))
     assert cli(["evaluate", "coco", "--ann", str(realdata / "coco" / "test_coco.json"), "--results", str(results)]) == 2
     assert "COCO results" not in capsys.readouterr().out
@@ -236,3 +242,31 @@ def test_cli_evaluate_coco_and_mpii(realdata, tmp_path, capsys, coco_gt):
     )
     assert json.loads(out.read_text())["PCKh"] == pytest.approx(100.0)
     assert "Mean@0.1 (ref: 0.11)" in capsys.readouterr().out
+
+
+def test_keypoint_breakdown_finds_joints_swaps_and_misses(coco_gt, tmp_path):
+    gt = load_coco_ground_truth(coco_gt)
+    people = [a for a in coco_gt["annotations"] if a["num_keypoints"] > 0 and not a.get("iscrowd")]
+    perfect = keypoint_breakdown(gt, ground_truth_as_results(gt))
+    assert perfect["people"] == len(people) and perfect["unmatched"] == 0
+    assert perfect["mean_oks"] == pytest.approx(1.0) and perfect["mirrored"] == 0.0
+    assert all(r == pytest.approx(1.0) for r in perfect["joints"].values() if r is not None)
+    assert sum(b["people"] for b in perfect["by_size"]) == len(people)
+    # every joint term at 0.6 passes the 0.5 threshold, at 0.4 none does
+    assert all(r == 1.0 for r in keypoint_breakdown(gt, shifted_results(coco_gt, 0.6))["joints"].values() if r)
+    low = keypoint_breakdown(gt, shifted_results(coco_gt, 0.4))
+    assert low["mean_oks"] == pytest.approx(0.4) and not any(low["joints"].values())
+    # left and right swapped: found mirrored
+    flip = gt.keypoint_set.flip_index()
+    mirrored = [
+        {**r, "keypoints": np.asarray(r["keypoints"]).reshape(-1, 3)[flip].ravel().tolist()}
+        for r in ground_truth_as_results(gt)
+    ]
+    assert keypoint_breakdown(gt, mirrored)["mirrored"] > 0.8
+    # an image without results: its people are unmatched and score 0
+    dropped = people[0]["image_id"]
+    partial = [r for r in ground_truth_as_results(gt) if r["image_id"] != dropped]
+    missing = sum(1 for a in people if a["image_id"] == dropped)
+    assert keypoint_breakdown(gt, partial)["unmatched"] == missing
+    assert "weakest first" in format_breakdown(perfect)
+    assert plot_breakdown(low, tmp_path / "breakdown.png").stat().st_size > 10_000

@@ -65,6 +65,14 @@ def cmd_evaluate_coco(args: argparse.Namespace) -> int:
     print(summary.rstrip())
     print(format_coco_table(metrics))
     _write_metrics(metrics, args.out)
+    if args.breakdown:
+        from transpose.evaluation.breakdown import format_breakdown, keypoint_breakdown, plot_breakdown
+
+        breakdown = keypoint_breakdown(gt, results)
+        print(format_breakdown(breakdown))
+        figure = plot_breakdown(breakdown, Path(args.breakdown))
+        figure.with_suffix(".json").write_text(json.dumps(breakdown, indent=1) + "\n")
+        print(f"breakdown: {figure} and {figure.with_suffix('.json')}")
     return 0
 
 
@@ -227,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", required=True, help="predictions, COCO results JSON list")
     p.add_argument("--sigmas", type=_parse_floats, help="OKS sigmas (comma list or .json) for non-COCO keypoints")
     p.add_argument("--out", help="write the metrics as JSON here")
+    p.add_argument(
+        "--breakdown",
+        metavar="PNG",
+        help="also show where the OKS is lost (per-joint hit rates, left/right mirrored people, OKS by person "
+        "size): a figure here and its numbers beside it as .json",
+    )
     p.set_defaults(func=cmd_evaluate_coco)
     p = evsub.add_parser(
         "mpii",
