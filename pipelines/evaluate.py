@@ -25,6 +25,7 @@ from dataops.loaders.dali_loader import DaliLoader
 from transpose.engine.validation import coco_scorer, mpii_scorer, predict
 from transpose.evaluation import load_coco_ground_truth, load_mpii_ground_truth
 from transpose.evaluation.breakdown import format_breakdown, keypoint_breakdown, plot_breakdown
+from transpose.figures import pyplot, save_figure
 from transpose.keypoints import COCO, MPII
 from transpose.models import create_model, load_reference_checkpoint
 
@@ -80,10 +81,7 @@ def explain_figures(model, p: dict, out_dir: Path, count: int) -> list[Path]:
 
 
 def curves_figure(histories: dict[str, list[dict]], gate: str, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax_loss, ax_gate) = plt.subplots(1, 2, figsize=(10, 3.6))
     for name, history in histories.items():
@@ -97,11 +95,7 @@ def curves_figure(histories: dict[str, list[dict]], gate: str, out: Path) -> Pat
     for ax in (ax_loss, ax_gate):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def keypoint_errors(p: dict, name: str, results: list[dict], out_dir: Path) -> Path:

@@ -18,6 +18,7 @@ from dataops.augment import AugmentConfig, FixedDraw
 from dataops.datasets import read_coco_detections, read_coco_keypoints, read_mpii
 from dataops.loaders import LoaderConfig, crop_joints, make_targets, torch_loader
 from dataops.loaders.dali_loader import DaliLoader
+from dataops.loaders.visualize import plot_batch
 from dataops.shards import ShardConfig, write_shards
 from transpose.codec import HeatmapCodec
 from transpose.evaluation import CocoFormatError
@@ -205,8 +206,12 @@ def test_whole_image_storage_gives_the_reference_crop_exactly(realdata, tmp_path
         assert np.abs(ours * 255 - crop).mean() < 0.05  # only OpenCV's fixed-point bilinear rounding differs
 
 
-def test_random_augmentation_joints_map_back_to_the_annotations(coco_shards):
+def test_random_augmentation_joints_map_back_to_the_annotations(coco_shards, tmp_path):
     config = LoaderConfig(batch_size=12, workers=1, shuffle=True)
+    figure = plot_batch(
+        next(iter(DaliLoader(coco_shards, "val", config))), COCO, tmp_path / "b.png", config.mean, config.std
+    )
+    assert figure.stat().st_size > 10_000  # what training sees, as in docs/figures/augmented_real_crops.png
     for batch in (
         next(iter(DaliLoader(coco_shards, "val", config))),
         next(iter(torch_loader(coco_shards, "val", replace(config, workers=0))[0])),

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from transpose.codec import decode_heatmaps
+from transpose.figures import pyplot, save_figure
 from transpose.keypoints import KeypointSet
 
 
@@ -108,10 +109,7 @@ def plot_attention_areas(
     title: str = "",
 ) -> Path:
     """The paper's Fig. 6/7: per layer (row) the crop with its skeleton, then one map per keypoint."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     maps = areas.upsampled(which)
     layers, k = maps.shape[:2]
@@ -135,9 +133,4 @@ def plot_attention_areas(
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title or f"{which} areas (delta = {areas.threshold:g})", fontsize=10)
-    fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path)

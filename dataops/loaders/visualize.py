@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from dataops.loaders.common import crop_joints
+from transpose.figures import pyplot, save_figure
 from transpose.keypoints import KeypointSet
 
 
@@ -21,10 +22,7 @@ def plot_batch(
     title: str = "",
 ) -> Path:
     """Save the batch's crops (denormalised) with joints in crop coordinates, left blue / right orange."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from transpose.explain import draw_skeleton
 
@@ -45,9 +43,4 @@ def plot_batch(
         ax.set_ylim(images.shape[1] - 0.5, -0.5)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path, dpi=100)

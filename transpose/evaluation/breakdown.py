@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from transpose.evaluation.coco import CocoGroundTruth
+from transpose.figures import pyplot, save_figure
 
 SIZE_EDGES = (32.0, 64.0, 96.0, 128.0)  # sqrt(area) bin edges in pixels (COCO's medium/large split is at 96)
 
@@ -98,10 +99,7 @@ def format_breakdown(breakdown: dict) -> str:
 
 def plot_breakdown(breakdown: dict, out: Path, title: str = "") -> Path:
     """Bar chart of the per-joint hit rates beside mean OKS by person size."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = [n for n, r in breakdown["joints"].items() if r is not None]
     rates = [breakdown["joints"][n] for n in names]
@@ -118,9 +116,4 @@ def plot_breakdown(breakdown: dict, out: Path, title: str = "") -> Path:
     right.set_xlabel("sqrt(area) in pixels")
     right.set_ylabel("mean OKS of the best prediction")
     fig.suptitle(title or f"Where the OKS is lost ({breakdown['people']} people)")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
