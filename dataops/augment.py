@@ -1,7 +1,10 @@
 """The reference's training augmentation, defined once: its constants, its random draws (numpy) and the
 geometry both loaders build from them.
 
-Order (spec): half-body -> scale -> rotation (only when a p=0.6 gate passes) -> flip.
+Order (spec): half-body -> [shift] -> scale -> rotation (only when a p=0.6 gate passes) -> flip.
+    shift    not in the reference (off by default): with probability shift_prob, the centre moves by
+             U(-1, 1) * shift_factor * the box size in x and in y, as MMPose's RandomBBoxTransform; it
+             teaches the model crops that are not centred on the person, as detected boxes give
     scale    s * clip(N(0,1) * 0.35 + 1, 0.65, 1.35)
     rotation clip(N(0,1) * 45, -90, 90) with probability 0.6, else 0
     flip     probability 0.5: mirror about the crop centre (= x -> W-1-x of the image), swap left/right
@@ -29,11 +32,23 @@ class AugmentConfig:
     half_body_prob: float = 0.3
     half_body_min_joints: int = 8  # more than this many visible joints
     upper_body_threshold: float = 0.5  # upper body when N(0,1) < this
+    shift_factor: float = 0.0  # not in the reference: largest centre shift, a fraction of the box size
+    shift_prob: float = 0.3  # MMPose's default (with its shift_factor 0.16)
     enabled: bool = True  # False: validation (no augmentation)
 
     @property
     def max_scale(self) -> float:
         return 1.0 + self.scale_factor if self.enabled else 1.0
+
+    @property
+    def max_shift(self) -> float:
+        return self.shift_factor if self.enabled and self.shift_prob > 0 else 0.0
+
+    def reaches_beyond(self, limit: AugmentConfig) -> list[str]:
+        """The fields in which this config crops further from the box than `limit` (the one a shard's regions
+        were stored for) reaches: scale and shift (a stored region is a disc, so any rotation stays inside)."""
+        pairs = {"scale_factor": (self.max_scale, limit.max_scale), "shift_factor": (self.max_shift, limit.max_shift)}
+        return [name for name, (wanted, stored) in pairs.items() if wanted > stored + 1e-9]
 
 
 @dataclass
@@ -80,12 +95,14 @@ def half_body_options(joints, visible, upper_ids, aspect_ratio: float) -> dict[i
 @dataclass(frozen=True)
 class FixedDraw:
     """The same augmentation for every sample (tests, debugging): scale multiplier, rotation in degrees,
-    flip, and half-body 0 (none), 1 (an "upper" draw) or 2 (a "lower" draw)."""
+    flip, half-body 0 (none), 1 (an "upper" draw) or 2 (a "lower" draw), and the centre shift (x, y) as
+    fractions of the box size."""
 
     scale_mult: float = 1.0
     rotation: float = 0.0
     flip: bool = False
     half_body: int = 0
+    shift: tuple[float, float] = (0.0, 0.0)
 
 
 def draw_params(
@@ -104,6 +121,7 @@ def draw_params(
         half = fixed.half_body if fixed.half_body in options else 0
         if half:
             center, scale = options[half]
+        center = center + np.asarray(fixed.shift, dtype=np.float32) * scale * PIXEL_STD
         return AugmentParams(center, scale * fixed.scale_mult, float(fixed.rotation), bool(fixed.flip), half)
     if not config.enabled:
         return AugmentParams(center, scale, 0.0, False, 0)
@@ -113,6 +131,9 @@ def draw_params(
         if pick in options:
             center, scale = options[pick]
             half = pick
+    if config.max_shift > 0 and rng.random() < config.shift_prob:  # when off, no draw: the reference's stream
+        shift = rng.uniform(-1.0, 1.0, size=2) * config.shift_factor
+        center = (center + shift * scale * PIXEL_STD).astype(np.float32)
     sf, rf = config.scale_factor, config.rotation_factor
     scale = scale * float(np.clip(rng.standard_normal() * sf + 1, 1 - sf, 1 + sf))
     rotation = (
@@ -152,15 +173,16 @@ def sample_region(
     """Integer pixel box [x0, y0, x1, y1) of the image that any augmentation of this sample can read.
 
     The crop reads a (sw x sw/aspect) rectangle around its centre, turned by any angle: a disc of radius
-    hypot(sw, sh)/2. Its union over the plain and the half-body boxes at the largest scale, plus bilinear slack,
+    hypot(sw, sh)/2, whose centre a shift moves by up to shift_factor * hypot(sw, sh) (sizes before scaling).
+    Its union over the plain and the half-body boxes at the largest scale and shift, plus bilinear slack,
     clipped to the image.
     """
     boxes = [(np.asarray(center), np.asarray(scale))] + ([*options.values()] if config.enabled else [])
     lo = np.array([np.inf, np.inf])
     hi = -lo
     for c, s in boxes:
-        sw = float(s[0]) * PIXEL_STD * config.max_scale
-        radius = 0.5 * float(np.hypot(sw, sw / aspect_ratio)) + slack
+        diagonal = float(np.hypot(1.0, 1.0 / aspect_ratio)) * float(s[0]) * PIXEL_STD
+        radius = (0.5 * config.max_scale + config.max_shift) * diagonal + slack
         lo = np.minimum(lo, np.asarray(c) - radius)
         hi = np.maximum(hi, np.asarray(c) + radius)
     x0, y0 = int(np.clip(np.floor(lo[0]), 0, width)), int(np.clip(np.floor(lo[1]), 0, height))

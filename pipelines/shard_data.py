@@ -3,7 +3,8 @@
     python -m pipelines.shard_data      # reads params.yaml `data:` and `shard:`; writes data/shards/{coco,mpii}/
 
 Splits: coco/train (GT boxes, cleaned), coco/val_gt (GT boxes), coco/val_det (the detection file's boxes),
-mpii/train, mpii/valid. Validation shards store regions without augmentation margins.
+mpii/train, mpii/valid. Training shards store the region the reference's augmentation (and a centre shift up to
+`shard.max_shift`) can reach; validation shards store regions without augmentation margins.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def main() -> None:
         jpeg_quality=require(p, "shard", "jpeg_quality", int),
         aspect_ratio=w / h,
         workers=require(p, "shard", "workers", int),
+        augment=AugmentConfig(shift_factor=float(require(p, "shard", "max_shift", (int, float)))),
     )
     val_cfg = replace(train_cfg, augment=AugmentConfig(enabled=False))
     summary = {}

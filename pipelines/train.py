@@ -27,6 +27,7 @@ from dataops.augment import AugmentConfig
 from dataops.loaders import LoaderConfig, make_targets
 from dataops.loaders.dali_loader import DaliLoader
 from dataops.loaders.torch_loader import TwinLoader
+from dataops.shards import stored_reach
 from pipelines.params import reject_unknown_keys
 from pipelines.tracking import stage_run
 from transpose.engine import TrainConfig
@@ -49,20 +50,28 @@ def train_config(section: dict, stage: str) -> TrainConfig:
         raise SystemExit(f"params.yaml: {stage}.train: {err}") from None
 
 
-def augment_config(p: dict, training: bool, stage: str = "STAGE") -> AugmentConfig:
-    """The section's `augment:` overrides of the reference's augmentation (training only). Shards store each
-    person's region reachable under the default (scale 0.35, rotation 45): larger values would read past it."""
+REFERENCE_REACH = AugmentConfig()  # what shards store by default (frozen)
+
+
+def augment_config(
+    p: dict, training: bool, stage: str = "STAGE", reach: AugmentConfig | None = REFERENCE_REACH
+) -> AugmentConfig:
+    """The section's `augment:` overrides of the reference's augmentation (training only). `reach` is what the
+    training shards' regions were stored for (`stored_reach`; None for whole images): a larger scale or
+    shift would read past them."""
     if not training:
         return AugmentConfig(enabled=False)
     values = dict(p.get("augment") or {})
     known = {f.name for f in fields(AugmentConfig)} - {"enabled"}
     reject_unknown_keys(values, known, f"{stage}.augment")
     config = AugmentConfig(**values)
-    limit = AugmentConfig()
-    if config.scale_factor > limit.scale_factor or config.rotation_factor > limit.rotation_factor:
+    beyond = config.reaches_beyond(reach) if reach is not None else []
+    if beyond:
+        stored = ", ".join(f"{name} {getattr(reach, name)}" for name in beyond)
         raise SystemExit(
-            f"params.yaml: augment scale_factor/rotation_factor above the shards' {limit.scale_factor}/"
-            f"{limit.rotation_factor} would crop outside the stored person regions"
+            f"params.yaml: {stage}.augment {', '.join(beyond)} above what the shards were cut for ({stored}) "
+            "would crop outside the stored person regions: lower it, or reshard with a larger shard.max_shift "
+            "(shift) or shard.store: image"
         )
     return config
 
@@ -119,7 +128,7 @@ def run_section(p: dict, stage: str, tracker=None, on_epoch_end=None, source: st
     if missing:
         raise SystemExit(f"{source}: missing key(s) {', '.join(f'{stage}.{k}' for k in missing)}")
     config = train_config(p, stage)
-    augment = augment_config(p, training=True, stage=stage)
+    augment = augment_config(p, training=True, stage=stage, reach=stored_reach(p["shards"], "train"))
     keypoint_set = COCO if p["dataset"] == "coco" else MPII
     torch.manual_seed(config.seed)  # the same initial weights in every process and every run
     model = create_model(p["model"], num_keypoints=17, image_size=tuple(p["image_size"]), **p.get("model_args", {}))

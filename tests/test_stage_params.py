@@ -35,8 +35,16 @@ def test_augment_section():
     assert augment_config({"augment": {"scale_factor": 0.25}}, training=False) == AugmentConfig(enabled=False)
     with pytest.raises(SystemExit, match="STAGE.augment.scale"):
         augment_config({"augment": {"scale": 0.3}}, training=True)
-    with pytest.raises(SystemExit, match="outside the stored person regions"):
-        augment_config({"augment": {"rotation_factor": 60}}, training=True)
+    # a stored region is a disc around the largest crop: any rotation fits, a larger scale or shift does not
+    assert augment_config({"augment": {"rotation_factor": 60}}, training=True).rotation_factor == 60
+    with pytest.raises(SystemExit, match="STAGE.augment scale_factor above .*scale_factor 0.35"):
+        augment_config({"augment": {"scale_factor": 0.4}}, training=True)
+    with pytest.raises(SystemExit, match="shift_factor above .*shift_factor 0.0.*shard.max_shift"):
+        augment_config({"augment": {"shift_factor": 0.1}}, training=True)
+    wide = AugmentConfig(shift_factor=0.16)
+    assert augment_config({"augment": {"shift_factor": 0.16}}, training=True, reach=wide).shift_factor == 0.16
+    assert augment_config({"augment": {"shift_factor": 0.1, "shift_prob": 0.0}}, training=True).max_shift == 0.0
+    assert augment_config({"augment": {"scale_factor": 0.5}}, training=True, reach=None).scale_factor == 0.5
 
 
 def test_train_and_tune_sections_name_unknown_keys():

@@ -111,6 +111,13 @@ def build_pipeline(
         center = center * keep + half[0:2] * upper + half[4:6] * lower
         sw = sw * keep + half[2] * upper + half[6] * lower
         sh = sh * keep + half[3] * upper + half[7] * lower
+        # shift of the centre by a fraction of the box (not in the reference; no op at all when off)
+        if fixed is not None:
+            center = center + fn.stack(const(fixed.shift[0]) * sw, const(fixed.shift[1]) * sh) * 200.0
+        elif aug.max_shift > 0:
+            moved = fn.cast(fn.random.coin_flip(probability=aug.shift_prob), dtype=types.FLOAT) * aug.shift_factor
+            shift = fn.random.uniform(range=[-1.0, 1.0], shape=[2]) * moved
+            center = center + shift * fn.stack(sw, sh) * 200.0
         # scale, rotation (behind a p=0.6 gate), flip
         if fixed is not None:
             factor, rot, flip = const(fixed.scale_mult), const(fixed.rotation), const(float(fixed.flip))

@@ -1,5 +1,5 @@
 """WebDataset shards with DALI index files and a manifest."""
 
-from dataops.shards.writer import ShardConfig, write_shards
+from dataops.shards.writer import ShardConfig, stored_reach, write_shards
 
-__all__ = ["ShardConfig", "write_shards"]
+__all__ = ["ShardConfig", "stored_reach", "write_shards"]

@@ -285,6 +285,19 @@ def write_shards(
     return manifest
 
 
+def stored_reach(shard_dir: str | Path, split: str) -> AugmentConfig | None:
+    """The augmentation a split's stored regions were cut for (its manifest), so that a loader can check that
+    its own stays inside them; None when the shards keep whole images (any augmentation fits). Shards without a
+    manifest are taken to be cut for the default."""
+    path = Path(shard_dir) / f"{split}-manifest.json"
+    if not path.is_file():
+        return AugmentConfig()
+    config = json.loads(path.read_text()).get("config", {})
+    if config.get("store") == "image":
+        return None
+    return AugmentConfig(**config.get("augment", {}))
+
+
 def _progress(total: int, desc: str, initial: int = 0):
     try:
         from tqdm.auto import tqdm
