@@ -31,6 +31,7 @@ FIXED_DRAWS = [
     FixedDraw(0.8, -20.0, False, 0),
     FixedDraw(1.0, 0.0, False, 1),
     FixedDraw(1.25, 60.0, True, 2),
+    FixedDraw(0.9, -40.0, True, 1, (0.12, -0.16)),  # with a centre shift (not in the reference)
 ]
 
 
@@ -204,6 +205,50 @@ def test_whole_image_storage_gives_the_reference_crop_exactly(realdata, tmp_path
         crop = cv2.warpAffine(image, matrix, (192, 256), flags=cv2.INTER_LINEAR)
         ours = batch["image"][i].permute(1, 2, 0).numpy() * np.array(IMAGENET_STD) + np.array(IMAGENET_MEAN)
         assert np.abs(ours * 255 - crop).mean() < 0.05  # only OpenCV's fixed-point bilinear rounding differs
+
+
+def test_shifted_crops_need_shards_cut_for_the_shift(realdata, tmp_path):
+    """The largest shift at the largest scale gives the reference's crop of the whole image when the shards were
+    cut for it (shard.max_shift); regions cut for no shift miss part of such a crop."""
+    records, report, kset = read_coco_keypoints(realdata / "coco" / "test_coco.json", realdata / "coco")
+    by_id = {r.annotation_id: r for r in records}
+    fixed = FixedDraw(1.35, 45.0, False, 0, (0.16, -0.16))
+    config = LoaderConfig(batch_size=12, workers=1, fixed=fixed, shuffle=False)
+    errors = {}
+    for reach in (0.0, 0.16):
+        out = tmp_path / f"reach_{reach}"
+        cut_for = ShardConfig(samples_per_shard=12, workers=1, augment=AugmentConfig(shift_factor=reach))
+        write_shards(records, kset, out, "val", cut_for, report, progress=False)
+        batch = next(iter(DaliLoader(out, "val", config)))
+        errors[reach] = []
+        for i, ann_id in enumerate(batch["ids"][:, 1].tolist()):
+            rec = by_id[ann_id]
+            image = cv2.cvtColor(cv2.imread(str(rec.image_path)), cv2.COLOR_BGR2RGB)
+            center = rec.center + np.array([0.16, -0.16]) * rec.scale * 200
+            matrix = get_affine_transform(center, rec.scale * 1.35, 45.0, (192, 256))
+            crop = cv2.warpAffine(image, matrix, (192, 256), flags=cv2.INTER_LINEAR)
+            ours = batch["image"][i].permute(1, 2, 0).numpy() * np.array(config.std) + np.array(config.mean)
+            errors[reach].append(np.abs(ours * 255 - crop).mean())
+    assert max(errors[0.16]) < 1.5  # JPEG q95 re-encoding only, as in the unshifted geometry test
+    missed = np.array(errors[0.0]) - np.array(errors[0.16])  # black where the image goes on
+    assert missed.min() > -1e-3 and (missed > 0.5).sum() >= 4
+
+
+def test_random_shift_moves_the_centre_within_its_factor_in_both_loaders(coco_shards):
+    aug = AugmentConfig(
+        shift_factor=0.16, shift_prob=0.5, scale_factor=0.0, rotation_prob=0.0, flip_prob=0.0, half_body_prob=0.0
+    )
+    config = LoaderConfig(batch_size=12, workers=1, shuffle=False, augment=aug)
+    for loader in (
+        DaliLoader(coco_shards, "val", config),
+        torch_loader(coco_shards, "val", replace(config, workers=0))[0],
+    ):
+        moved = torch.cat(
+            [(b["center"] - b["geom"][:, 0:2]) / (b["geom"][:, 2:4] * 200) for _ in range(4) for b in loader]
+        )
+        assert len(moved) == 48 and moved.abs().max() <= 0.16 + 1e-5
+        assert 0.25 < (moved.abs() > 1e-6).any(dim=1).float().mean() < 0.75  # shift_prob 0.5
+        assert moved.abs().max() > 0.1  # uniform over [-0.16, 0.16], not a fixed offset
 
 
 def test_random_augmentation_joints_map_back_to_the_annotations(coco_shards, tmp_path):
