@@ -19,7 +19,7 @@ from dataops.datasets import read_coco_detections, read_coco_keypoints, read_mpi
 from dataops.loaders import LoaderConfig, crop_joints, make_targets, torch_loader
 from dataops.loaders.dali_loader import DaliLoader
 from dataops.loaders.visualize import plot_batch
-from dataops.shards import ShardConfig, write_shards
+from dataops.shards import ShardConfig, stored_reach, write_shards
 from transpose.codec import HeatmapCodec
 from transpose.evaluation import CocoFormatError
 from transpose.geometry import box_to_center_scale, clean_box, flip_joints, get_affine_transform
@@ -197,6 +197,7 @@ def test_loader_geometry_matches_the_reference_pipeline(realdata, coco_shards, f
 def test_whole_image_storage_gives_the_reference_crop_exactly(realdata, tmp_path):
     records, report, kset = read_coco_keypoints(realdata / "coco" / "test_coco.json", realdata / "coco")
     write_shards(records[:3], kset, tmp_path, "val", ShardConfig(store="image", workers=1), report, False)
+    assert stored_reach(tmp_path, "val") is None  # whole images: any augmentation fits
     fixed = FixedDraw(1.1, 30.0, False, 0)
     batch = next(iter(DaliLoader(tmp_path, "val", LoaderConfig(batch_size=3, workers=1, fixed=fixed, shuffle=False))))
     for i, rec in enumerate(records[:3]):
@@ -219,6 +220,7 @@ def test_shifted_crops_need_shards_cut_for_the_shift(realdata, tmp_path):
         out = tmp_path / f"reach_{reach}"
         cut_for = ShardConfig(samples_per_shard=12, workers=1, augment=AugmentConfig(shift_factor=reach))
         write_shards(records, kset, out, "val", cut_for, report, progress=False)
+        assert stored_reach(out, "val") == cut_for.augment  # what training checks its augmentation against
         batch = next(iter(DaliLoader(out, "val", config)))
         errors[reach] = []
         for i, ann_id in enumerate(batch["ids"][:, 1].tolist()):
