@@ -222,6 +222,7 @@ def test_shifted_crops_need_shards_cut_for_the_shift(realdata, tmp_path):
         write_shards(records, kset, out, "val", cut_for, report, progress=False)
         assert stored_reach(out, "val") == cut_for.augment  # what training checks its augmentation against
         batch = next(iter(DaliLoader(out, "val", config)))
+        targets, _, joints_hm = make_targets(batch, COCO, config.input_size)
         errors[reach] = []
         for i, ann_id in enumerate(batch["ids"][:, 1].tolist()):
             rec = by_id[ann_id]
@@ -231,6 +232,11 @@ def test_shifted_crops_need_shards_cut_for_the_shift(realdata, tmp_path):
             crop = cv2.warpAffine(image, matrix, (192, 256), flags=cv2.INTER_LINEAR)
             ours = batch["image"][i].permute(1, 2, 0).numpy() * np.array(config.std) + np.array(config.mean)
             errors[reach].append(np.abs(ours * 255 - crop).mean())
+            if reach:  # and the targets are the reference codec's for the shifted centre
+                enc = HeatmapCodec().encode(rec.joints, rec.visible, center, rec.scale * 1.35, 45.0)
+                seen = rec.visible > 0
+                assert np.abs(joints_hm[i].numpy()[seen] - enc["keypoints"][seen]).max() < 1e-3
+                assert np.abs(targets[i].numpy() - enc["heatmaps"]).max() < 1e-4
     assert max(errors[0.16]) < 1.5  # JPEG q95 re-encoding only, as in the unshifted geometry test
     missed = np.array(errors[0.0]) - np.array(errors[0.16])  # black where the image goes on
     assert missed.min() > -1e-3 and (missed > 0.5).sum() >= 4
