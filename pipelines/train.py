@@ -29,6 +29,7 @@ from dataops.loaders.dali_loader import DaliLoader
 from dataops.loaders.torch_loader import TwinLoader
 from dataops.shards import stored_reach
 from pipelines.params import reject_unknown_keys
+from pipelines.registry import file_sha256
 from pipelines.tracking import stage_run
 from transpose.engine import TrainConfig
 from transpose.engine.distributed import local_rank
@@ -178,12 +179,24 @@ def run_section(p: dict, stage: str, tracker=None, on_epoch_end=None, source: st
         gate_metric="AP" if p["dataset"] == "coco" else "PCKh",
         tracker=tracker,
         device=p.get("device", "cpu"),
-        fingerprint=json.dumps(
-            {k: v for k, v in p.items() if k not in ("workers", "metrics", "plots")}, sort_keys=True
-        ),
+        fingerprint=run_fingerprint(p, val_split),
         on_epoch_end=on_epoch_end,
     )
     return trainer.fit()
+
+
+def run_fingerprint(p: dict, val_split: str) -> str:
+    """What a checkpoint must come from to be resumed: the same section (less what does not change the result),
+    the same training and validation shards (their manifests) and the same starting weights (`init_from`), so
+    that a stage DVC reruns because its data or its pretrained model changed starts afresh instead of resuming
+    the finished run."""
+    identity = {k: v for k, v in p.items() if k not in ("workers", "metrics", "plots")}
+    for split in ("train", val_split):
+        manifest = Path(p["shards"]) / f"{split}-manifest.json"
+        identity[f"shards/{split}"] = file_sha256(manifest) if manifest.is_file() else None
+    if p.get("init_from"):
+        identity["init_weights"] = file_sha256(Path(p["init_from"]))
+    return json.dumps(identity, sort_keys=True)
 
 
 def write_dvc_outputs(section: dict, best: dict) -> None:

@@ -7,7 +7,7 @@ import pytest
 from dataops.augment import AugmentConfig
 from dataops.synthetic import SyntheticConfig
 from pipelines.make_synthetic import scene_overrides
-from pipelines.train import augment_config, cpu_threads_per_process, train_config
+from pipelines.train import augment_config, cpu_threads_per_process, run_fingerprint, train_config
 from pipelines.tune import TuneSettings
 
 
@@ -64,3 +64,22 @@ def test_cpu_threads_are_shared_out_among_local_processes(monkeypatch):
     assert cpu_threads_per_process() == 4
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert cpu_threads_per_process() == 3
+
+
+def test_a_run_on_other_data_or_other_starting_weights_is_not_resumed(tmp_path):
+    """The checkpoint fingerprint: a stage that DVC reruns because its shards or its pretrained model changed
+    must start afresh, while what does not change the result (workers, where metrics go) keeps resuming."""
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for split in ("train", "valid"):
+        (shards / f"{split}-manifest.json").write_text('{"samples": 10}')
+    init = tmp_path / "best.pth"
+    init.write_bytes(b"pretrained")
+    section = {"model": "transpose_r_tiny", "shards": str(shards), "init_from": str(init), "workers": 2}
+    first = run_fingerprint(section, "valid")
+    assert run_fingerprint({**section, "workers": 1, "metrics": "m.json"}, "valid") == first
+    init.write_bytes(b"pretrained again")
+    second = run_fingerprint(section, "valid")
+    (shards / "valid-manifest.json").write_text('{"samples": 11}')
+    third = run_fingerprint(section, "valid")
+    assert len({first, second, third}) == 3
