@@ -1,4 +1,4 @@
-"""Shared fixtures: the read-only project folder `../shared` (spec and real data) beside the repository."""
+"""Shared fixtures: the test data kept in the repository (tests/data), so a clone needs nothing beside it."""
 
 from __future__ import annotations
 
@@ -9,27 +9,19 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("TRANSPOSE_SHARED", REPO.parent / "shared"))
-
-
-def _shared(*parts: str) -> Path:
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.fail(
-            f"{path} is missing: the tests need the project's shared/ folder beside the repository "
-            "(or TRANSPOSE_SHARED pointing at it)"
-        )
-    return path
+DATA = REPO / "tests" / "data"
 
 
 @pytest.fixture(scope="session")
 def spec_keys_dir() -> Path:
-    return _shared("spec", "state_dict_keys")
+    """The reference's state_dict keys and shapes, one file per model."""
+    return DATA / "state_dict_keys"
 
 
 @pytest.fixture(scope="session")
 def realdata() -> Path:
-    return _shared("realdata")
+    """Real COCO and MPII photos with their annotations (realdata/README.md)."""
+    return DATA / "realdata"
 
 
 @pytest.fixture(autouse=True)
