@@ -25,8 +25,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from report import write_section
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-START, END = "<!-- loaders:start -->", "<!-- loaders:end -->"
 METHODS = ("dali_cpu", "torch_twin", "reference_opencv")
 
 
@@ -200,9 +201,8 @@ def write_report(args, manifest: dict, results: dict[str, list[dict]]) -> None:
     per_sample = manifest["bytes"] / max(manifest["samples"], 1)
     dali = statistics.median(rate(r) for r in results["dali_cpu"])
     verdict = "PASS" if dali >= 2 * ref else "FAIL"
-    section = "\n".join(
+    body = "\n".join(
         [
-            START,
             "## Loaders on CPU",
             "",
             f"- Command: `.venv/bin/python benchmarks/bench_loaders.py` ({datetime.now(timezone.utc):%Y-%m-%d %H:%M}"
@@ -222,17 +222,10 @@ def write_report(args, manifest: dict, results: dict[str, list[dict]]) -> None:
             "own CPU `fn.warp_affine` costs ~1.9 ms per 256x192 crop here, more than the decode, and held the "
             "pipeline to ~270-430 samples/s in the same setting.",
             "A GPU (`mixed` decoding) figure needs a lent GPU machine; none was available to this run.",
-            END,
         ]
     )
-    out = args.out
-    text = out.read_text() if out.is_file() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    out.write_text(text)
-    print(f"wrote {out}")
+    write_section(args.out, "loaders", body)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ from pathlib import Path
 
 import yaml
 
+from report import write_section
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-START, END = "<!-- training:start -->", "<!-- training:end -->"
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,6 @@ def write_report(args, section: dict, results: dict[str, list[float]]) -> None:
     h, w = section["image_size"]
     body = "\n".join(
         [
-            START,
             f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} cores; `{section['model']}` at {h}x{w}, batch {section['batch_size']} per process, "
             f"loader `{section.get('loader', 'dali')}`, `{Path(section.get('deepspeed_config', '')).name}`; one epoch "
@@ -117,15 +117,9 @@ def write_report(args, section: dict, results: dict[str, list[float]]) -> None:
             "measured)."
             if len(results) == len(CPU_SETTINGS)
             else "",
-            END,
         ]
     )
-    text = args.out.read_text() if args.out.is_file() else "# Benchmarks\n"
-    if START in text:
-        text = text[: text.index(START)] + body + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n## Training throughput\n\n" + body + "\n"
-    args.out.write_text(text)
+    write_section(args.out, "training", body, heading="## Training throughput")
     print(f"wrote {args.out}")
 
 
