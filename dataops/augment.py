@@ -36,6 +36,21 @@ class AugmentConfig:
     shift_prob: float = 0.3  # MMPose's default (with its shift_factor 0.16)
     enabled: bool = True  # False: validation (no augmentation)
 
+    def __post_init__(self) -> None:
+        ranges = {  # key: (ok, the allowed range)
+            "scale_factor": (0 <= self.scale_factor < 1, "[0, 1)"),
+            "rotation_factor": (0 <= self.rotation_factor <= 180, "[0, 180] degrees"),
+            "rotation_prob": (0 <= self.rotation_prob <= 1, "[0, 1]"),
+            "flip_prob": (0 <= self.flip_prob <= 1, "[0, 1]"),
+            "half_body_prob": (0 <= self.half_body_prob <= 1, "[0, 1]"),
+            "half_body_min_joints": (self.half_body_min_joints >= 0, "0 or more"),
+            "shift_factor": (0 <= self.shift_factor < 1, "[0, 1)"),
+            "shift_prob": (0 <= self.shift_prob <= 1, "[0, 1]"),
+        }
+        for key, (ok, allowed) in ranges.items():
+            if not ok:
+                raise ValueError(f"{key}: must be in {allowed}, got {getattr(self, key)!r}")
+
     @property
     def max_scale(self) -> float:
         return 1.0 + self.scale_factor if self.enabled else 1.0

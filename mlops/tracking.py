@@ -1,4 +1,4 @@
-"""MLflow tracking for the pipeline stages (the model library never imports MLflow).
+"""MLflow tracking for the pipeline stages (the model library never imports MLflow; the stages reach it here).
 
 Where runs go: `MLFLOW_TRACKING_URI` when set (a team's server, see infra/mlflow/), else a local store inside
 the project folder: `sqlite:///mlruns/mlflow.db` with artifacts under `mlruns/artifacts` (git-ignored).

@@ -1,145 +1,210 @@
-"""DVC stages `evaluate_coco` / `evaluate_mpii`: score trained checkpoints on the validation shards with flip test
-and DARK decoding, as the reference does; write DVC metrics, predictions, explanation figures and curves.
+"""DVC stages `evaluate_coco` / `evaluate_mpii`: score trained runs on a shard split, with flip test and DARK
+decoding as the reference; write DVC metrics, an evaluation record per run, predictions and figures.
 
     python -m pipelines.evaluate --stage evaluate_coco
     python -m pipelines.evaluate --stage evaluate_mpii
 
-Section keys: model, image_size, dataset (coco|mpii), shards, split, annotations, runs (name -> out_dir with
-best.pth and history.json), metrics (the DVC metrics file), out_dir, explain_samples. COCO runs also get
-NAME_keypoint_errors.json/.png: per-joint hit rates, mirrored people and OKS by size (where AP is lost).
+Section keys: runs (name -> a training run's out_dir: its best.pth and model.json), shards, split, out_dir,
+metrics (the DVC metrics file: each run's headline metrics), figures (a folder: the DVC image plots),
+explain_samples, batch_size, loader. Each run's model card gives its architecture, input size and keypoint set,
+and the split's manifest its dataset kind and ground truth; a run whose keypoints are not the split's is
+refused. Written per run in out_dir, and as figures:
+
+    out_dir/NAME_evaluation.json          the record the promote stage registers: metrics, the data, its fingerprint
+    out_dir/NAME_predictions.json         COCO results (coco) or per-person joints (mpii)
+    out_dir/NAME_keypoint_errors.json     coco: per-joint hit rates, mirrored people, OKS by size
+    figures/NAME_keypoint_errors.png      the same as a figure
+    figures/training_curves.png           loss and validation curves of every run
+    figures/explain_K.png                 dependency areas of the first validation crops (the last run's model)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
-import yaml
 
 from dataops.augment import AugmentConfig
-from dataops.loaders import LoaderConfig
-from dataops.loaders.dali_loader import DaliLoader
-from transpose.engine.validation import coco_scorer, mpii_scorer, predict
-from transpose.evaluation import load_coco_ground_truth, load_mpii_ground_truth
+from dataops.loaders import LoaderConfig, make_loader
+from dataops.shards import ManifestError, ShardManifest, read_manifest
+from mlops.fingerprints import evaluation_fingerprint
+from mlops.tracking import stage_run
+from pipelines.params import ParamsError, load_params, parse_section, stage_arguments
+from transpose.engine.curves import plot_training_curves
+from transpose.engine.validation import predict
+from transpose.evaluation import load_coco_ground_truth
 from transpose.evaluation.breakdown import format_breakdown, keypoint_breakdown, plot_breakdown
-from transpose.figures import pyplot, save_figure
-from transpose.keypoints import COCO, MPII
-from transpose.models import create_model, load_reference_checkpoint
+from transpose.evaluation.protocols import DatasetKind, dataset_kind
+from transpose.models import ModelCard, load_trained, read_card
+
+EVALUATION_SUFFIX = "_evaluation.json"
 
 
-def evaluate_checkpoint(p: dict, checkpoint: Path) -> tuple[dict, list, torch.nn.Module]:
-    kset = COCO if p["dataset"] == "coco" else MPII
-    model = create_model(
-        p["model"], num_keypoints=kset.num_keypoints, image_size=tuple(p["image_size"]), **p.get("model_args", {})
-    )
-    load_reference_checkpoint(model, checkpoint)
-    model.eval()
+@dataclass(frozen=True)
+class EvaluateSection:
+    runs: dict[str, str]  # name -> a training run's out_dir
+    shards: str
+    split: str
+    out_dir: str
+    metrics: str  # DVC metrics: {run: headline metrics}
+    figures: str | None = None  # DVC image plots (default: out_dir)
+    explain_samples: int = 2
+    batch_size: int = 32
+    workers: int = 2
+    loader: Literal["dali", "torch"] = "dali"
+
+    def __post_init__(self) -> None:
+        if not self.runs:
+            raise ValueError("runs: name at least one run, e.g. {pretrain: outputs/pretrain}")
+        for key, low in (("explain_samples", 0), ("batch_size", 1), ("workers", 0)):
+            if getattr(self, key) < low:
+                raise ValueError(f"{key}: must be at least {low}, got {getattr(self, key)}")
+
+
+def check_run(card: ModelCard, data: ShardManifest, where: str) -> None:
+    """A run can be scored on a split only with the split's keypoints, at a crop aspect the shards were cut for."""
+    if card.keypoints.names != data.keypoints.names:
+        raise ParamsError(
+            f"{where}: the run predicts the keypoints of {card.keypoints.name!r} ({card.num_keypoints}) but "
+            f"{data.path} holds {data.keypoints.name!r} ({data.keypoints.num_keypoints}): evaluate it on its own data"
+        )
+    try:
+        data.check_aspect_ratio(tuple(card.image_size), f"{where} (its model card)")
+    except ManifestError as err:
+        raise ParamsError(str(err)) from None
+
+
+def batches(s: EvaluateSection, card: ModelCard, batch_size: int | None = None):
     config = LoaderConfig(
-        input_size=tuple(p["image_size"]), batch_size=32, augment=AugmentConfig(enabled=False), keypoint_set=kset,
-        shuffle=False, workers=2,
-    )  # fmt: skip
-    batches = DaliLoader(Path(p["shards"]), p["split"], config)
-    preds = predict(model, batches, kset, tuple(p["image_size"]), flip=True)
-    if p["dataset"] == "coco":
-        metrics, results = coco_scorer(load_coco_ground_truth(p["annotations"]))(preds)
-    else:
-        metrics, results = mpii_scorer(load_mpii_ground_truth(p["annotations"]))(preds)
+        input_size=tuple(card.image_size),
+        batch_size=batch_size or s.batch_size,
+        augment=AugmentConfig(enabled=False),
+        shuffle=False,
+        workers=s.workers,
+    )
+    return make_loader(s.shards, s.split, config, kind=s.loader)
+
+
+def evaluate_run(s: EvaluateSection, data: ShardManifest, run: str | Path) -> tuple[dict, list, torch.nn.Module]:
+    """(metrics, results, model) of one trained run on the section's split."""
+    model, card = load_trained(run)
+    kind = dataset_kind(data.dataset_kind)
+    scorer = kind.scorer(data.ground_truth, data.keypoints)
+    preds = predict(model, batches(s, card), card.keypoints, model.data_config.codec(), flip=True)
+    metrics, results = scorer(preds)
     return metrics, results, model
 
 
-def explain_figures(model, p: dict, out_dir: Path, count: int) -> list[Path]:
+def evaluation_record(s: EvaluateSection, data: ShardManifest, name: str, metrics: dict) -> dict:
+    """What the promote stage registers: the run, its metrics and the data they were computed on."""
+    kind = dataset_kind(data.dataset_kind)
+    return {
+        "run": s.runs[name],
+        "dataset_kind": kind.name,
+        "gate_metric": kind.gate_metric,
+        "metrics": metrics,
+        "data": {
+            "shards": s.shards,
+            "split": s.split,
+            "ground_truth": str(data.ground_truth),
+            "fingerprint": evaluation_fingerprint(data.ground_truth, s.shards, s.split),
+        },
+    }
+
+
+def explain_figures(model, s: EvaluateSection, card: ModelCard, out_dir: Path, count: int) -> list[Path]:
     """The paper's Fig. 6-style dependency areas for the first `count` validation crops."""
     from transpose.explain import explain_crop, plot_attention_areas
 
-    kset = COCO if p["dataset"] == "coco" else MPII
-    h, w = p["image_size"]
-    config = LoaderConfig(
-        input_size=(h, w), batch_size=count, augment=AugmentConfig(enabled=False), shuffle=False, workers=1
-    )
-    batch = next(iter(DaliLoader(Path(p["shards"]), p["split"], config)))
+    if count == 0:
+        return []
+    batch = next(iter(batches(s, card, batch_size=count)))
+    mean, std = np.array(model.data_config.mean), np.array(model.data_config.std)
     paths = []
     for i in range(count):
-        areas, coords, scores = explain_crop(model, batch["image"][i])
-        crop = batch["image"][i].permute(1, 2, 0).numpy() * np.array(config.std) + np.array(config.mean)
-        ratio = (w - 1) / (w // 4 - 1)
-        coords_crop = (coords - [(w // 4 - 1) / 2, (h // 4 - 1) / 2]) * ratio + [(w - 1) / 2, (h - 1) / 2]
-        paths.append(
-            plot_attention_areas(
-                np.clip(crop, 0, 1),
-                coords_crop,
-                areas,
-                kset,
-                out_dir / f"explain_{i}.png",
-                scores=scores,
-                title=f"{p['model']}: dependency areas per layer, val sample {int(batch['ids'][i, 1])}",
-            )
-        )
+        areas, keypoints, scores = explain_crop(model, batch["image"][i])
+        crop = np.clip(batch["image"][i].permute(1, 2, 0).numpy() * std + mean, 0, 1)
+        title = f"{card.model}: dependency areas per layer, {s.split} sample {int(batch['ids'][i, 1])}"
+        out = out_dir / f"explain_{i}.png"
+        paths.append(plot_attention_areas(crop, keypoints, areas, card.keypoints, out, scores=scores, title=title))
     return paths
 
 
-def curves_figure(histories: dict[str, list[dict]], gate: str, out: Path) -> Path:
-    plt = pyplot()
-
-    fig, (ax_loss, ax_gate) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for name, history in histories.items():
-        epochs = [r["epoch"] for r in history]
-        ax_loss.plot(epochs, [r["train/loss_epoch"] for r in history], label=name)
-        scored = [(r["epoch"], r[f"val/{gate}"]) for r in history if f"val/{gate}" in r]
-        if scored:
-            ax_gate.plot(*zip(*scored), marker="o", label=name)
-    ax_loss.set(xlabel="epoch", ylabel="training loss", yscale="log", title="loss")
-    ax_gate.set(xlabel="epoch", ylabel=gate, title=f"validation {gate} (GT boxes, flip + DARK)")
-    for ax in (ax_loss, ax_gate):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    return save_figure(fig, out)
-
-
-def keypoint_errors(p: dict, name: str, results: list[dict], out_dir: Path) -> Path:
+def keypoint_errors(data: ShardManifest, name: str, results: list[dict], out_dir: Path, figures: Path, title: str):
     """Where the run's OKS is lost (per joint, mirrored people, by size): NAME_keypoint_errors.json and .png."""
-    breakdown = keypoint_breakdown(load_coco_ground_truth(p["annotations"]), results)
+    breakdown = keypoint_breakdown(load_coco_ground_truth(data.ground_truth, keypoint_set=data.keypoints), results)
     (out_dir / f"{name}_keypoint_errors.json").write_text(json.dumps(breakdown, indent=1) + "\n")
-    print(f"{name} on {p['split']}: " + format_breakdown(breakdown))
-    title = f"{name} ({p['model']}) on {p['split']}: where the OKS is lost"
-    return plot_breakdown(breakdown, out_dir / f"{name}_keypoint_errors.png", title=title)
+    print(f"{name} on {data.split}: " + format_breakdown(breakdown))
+    return plot_breakdown(breakdown, figures / f"{name}_keypoint_errors.png", title=title)
 
 
-def run(stage: str, params_file: Path = Path("params.yaml")) -> dict:
-    params = yaml.safe_load(params_file.read_text())
-    if stage not in params:
-        raise SystemExit(f"{params_file}: no section '{stage}'")
-    p = params[stage]
-    out_dir = Path(p["out_dir"])
+def check(s: EvaluateSection, stage: str) -> tuple[ShardManifest, dict[str, ModelCard]]:
+    """The split's manifest and every run's card, checked against each other before anything is scored."""
+    try:
+        data = read_manifest(s.shards, s.split)
+    except ManifestError as err:
+        raise ParamsError(f"{stage}.shards: {err}") from None
+    if data.ground_truth is None or not data.ground_truth.is_file():
+        raise ParamsError(f"{stage}.split: {data.path} names no ground truth file beside it: re-shard")
+    cards = {}
+    for name, run in s.runs.items():
+        try:
+            cards[name] = read_card(run)
+        except (OSError, ValueError) as err:
+            raise ParamsError(f"params.yaml: '{stage}.runs.{name}': {err}") from None
+        check_run(cards[name], data, f"params.yaml: {stage}.runs.{name} ({run})")
+    return data, cards
+
+
+def run(s: EvaluateSection, stage: str, tracker=None) -> dict:
+    data, cards = check(s, stage)
+    kind: DatasetKind = dataset_kind(data.dataset_kind)
+    out_dir, figures_dir = Path(s.out_dir), Path(s.figures or s.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    gate = "AP" if p["dataset"] == "coco" else "PCKh"
-    report, histories, figures = {}, {}, []
-    for name, run_dir in p["runs"].items():
-        run_dir = Path(run_dir)
-        metrics, results, model = evaluate_checkpoint(p, run_dir / "best.pth")
-        report[name] = metrics
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    report, histories, figures, model = {}, {}, [], None
+    for name, run_dir in s.runs.items():
+        metrics, results, model = evaluate_run(s, data, run_dir)
+        report[name] = kind.headline(metrics)
+        record = evaluation_record(s, data, name, metrics)
+        (out_dir / f"{name}{EVALUATION_SUFFIX}").write_text(json.dumps(record, indent=1) + "\n")
         (out_dir / f"{name}_predictions.json").write_text(json.dumps(results))
-        if p["dataset"] == "coco":
-            figures.append(keypoint_errors(p, name, results, out_dir))
-        if (run_dir / "history.json").is_file():
-            histories[name] = json.loads((run_dir / "history.json").read_text())
+        if kind.name == "coco":
+            title = f"{name} ({cards[name].model}) on {s.split}: where the OKS is lost"
+            figures.append(keypoint_errors(data, name, results, out_dir, figures_dir, title))
+        history = Path(run_dir) / "history.json"
+        if history.is_file():
+            histories[name] = json.loads(history.read_text())
         print(f"{stage} {name}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        if tracker is not None:
+            tracker.log_metrics({f"{name}/{k}": v for k, v in metrics.items()}, step=0)
     if histories:
-        figures.append(curves_figure(histories, gate, out_dir / "training_curves.png"))
-    figures += explain_figures(model, p, out_dir, int(p.get("explain_samples", 2)))
-    Path(p["metrics"]).parent.mkdir(parents=True, exist_ok=True)
-    Path(p["metrics"]).write_text(json.dumps(report, indent=2) + "\n")
+        title = f"{stage}: learning curves of {', '.join(histories)}"
+        curves = figures_dir / "training_curves.png"
+        figures.append(plot_training_curves(histories, kind.gate_metric, curves, title))
+    last = list(s.runs)[-1]
+    figures += explain_figures(model, s, cards[last], figures_dir, s.explain_samples)
+    Path(s.metrics).parent.mkdir(parents=True, exist_ok=True)
+    Path(s.metrics).write_text(json.dumps(report, indent=2) + "\n")
+    if tracker is not None:
+        for figure in figures:
+            tracker.log_artifact(figure, "figures")
+        for name in s.runs:
+            tracker.log_artifact(out_dir / f"{name}{EVALUATION_SUFFIX}")
     return {"metrics": report, "figures": [str(f) for f in figures]}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", required=True)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    args = parser.parse_args()
-    print(json.dumps(run(args.stage, args.params), indent=1))
+    args = stage_arguments(__doc__, stage="evaluate_coco").parse_args()
+    values = load_params(args.params).get(args.stage)
+    section = parse_section(EvaluateSection, values, args.stage)
+    check(section, args.stage)  # before the MLflow run opens
+    with stage_run(args.stage, values, enabled=not args.no_mlflow) as tracker:
+        print(json.dumps(run(section, args.stage, tracker), indent=1))
 
 
 if __name__ == "__main__":

@@ -1,27 +1,28 @@
 """DVC stage `promote`: register each trained model with its gate metric and move the `champion` alias to it
-when it beats the current champion on the same data (pipelines/registry.py has the rules and the history).
+when it beats the current champion on the same data (mlops.registry has the rules and the history).
 
-    python -m pipelines.promote --stage promote
+    python -m pipelines.promote
 
-Section keys: alias, out (the decisions, a DVC metrics file) and models: NAME -> run_info (the training stage's
-mlflow_run.json), metrics (the evaluation stage's metrics file), entry (the run's name inside it), metric (the
-gate: AP or PCKh), dataset (coco|mpii), shards, split, annotations (the data the metrics were computed on: they
-are fingerprinted, and a champion scored on other data is re-evaluated on it with pipelines/evaluate.py).
-A model whose run_info is missing (its stage trained with --no-mlflow) is skipped, with the reason in `out`.
+Section keys: alias, decisions (the decisions of this run, a JSON record: not DVC metrics, they hold times and
+fingerprints), and models: NAME -> {run: a training run's out_dir, evaluation: the evaluation stage's
+NAME_evaluation.json for it}. Everything else is read from there: the logged model and MLflow run
+(run/mlflow_run.json), the model card (run/model.json), the metrics, the gate metric of the dataset kind, and
+the data they were computed on (fingerprinted). A champion scored on other data is re-evaluated on the
+candidate's with the evaluation stage's own code. A model whose run has no mlflow_run.json (it trained with
+--no-mlflow) is skipped, with the reason in the decisions file.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipelines.registry import (
+from dataops.shards import read_manifest
+from mlops.registry import (
     DEFAULT_ALIAS,
-    GATE_METRICS,
     EvalData,
     Evaluate,
     RegistryError,
@@ -30,49 +31,47 @@ from pipelines.registry import (
     promote,
     register,
 )
-
-REQUIRED = ("run_info", "metrics", "dataset", "split", "shards", "annotations")
+from mlops.tracking import stage_run
+from pipelines.evaluate import EvaluateSection, check_run, evaluate_run
+from pipelines.params import load_params, parse_section, stage_arguments
+from transpose.models import read_card
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """Where one registered model's run and scores are, and the data they were scored on."""
+    """A registered model's candidate: the training run and the evaluation of it."""
 
-    run_info: str
-    metrics: str
-    dataset: str
-    split: str
-    shards: str
-    annotations: str
-    entry: str = ""  # the run's name inside the metrics file; "" when it holds one run
-    metric: str = ""  # default: AP for coco, PCKh for mpii
-
-    @classmethod
-    def from_dict(cls, name: str, values: dict) -> ModelEntry:
-        known = {f.name for f in fields(cls)}
-        missing = [k for k in REQUIRED if values.get(k) in (None, "")]
-        if missing:
-            raise RegistryError(
-                f"{name}: missing {', '.join(missing)}: set promote.models.{name}.KEY in params.yaml (or pass "
-                f"--{' --'.join(k.replace('_', '-') for k in missing)} to `transpose promote`)"
-            )
-        return cls(**{k: str(v) for k, v in values.items() if k in known and v is not None})
-
-    @property
-    def gate(self) -> str:
-        return self.metric or GATE_METRICS.get(self.dataset, "")
+    run: str  # the training run's out_dir (best.pth, model.json, mlflow_run.json)
+    evaluation: str  # the evaluation stage's NAME_evaluation.json of that run
 
 
-def entry_metrics(entry: ModelEntry) -> tuple[str, dict]:
-    """The run's metrics from the evaluation stage's file (nested per run name)."""
-    report = json.loads(Path(entry.metrics).read_text())
-    if entry.entry:
-        if entry.entry not in report:
-            raise RegistryError(f"{entry.metrics} has no run {entry.entry!r} (runs: {', '.join(report)})")
-        return entry.entry, report[entry.entry]
-    if len(report) != 1:
-        raise RegistryError(f"{entry.metrics} holds runs {', '.join(report)}: say which one (entry / --entry)")
-    return next(iter(report.items()))
+@dataclass(frozen=True)
+class PromoteSection:
+    models: dict[str, ModelEntry]
+    alias: str = DEFAULT_ALIAS
+    decisions: str = "outputs/promote/decisions.json"
+
+    def __post_init__(self) -> None:
+        if not self.alias:
+            raise ValueError("alias: must be a name, e.g. champion")
+
+
+def read_evaluation(path: str | Path) -> dict:
+    """An evaluation record (pipelines.evaluate), checked."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+        _ = record["metrics"][record["gate_metric"]], record["data"]["fingerprint"], record["dataset_kind"]
+    except FileNotFoundError:
+        raise RegistryError(f"{path} is missing: run the evaluation stage of this model first") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise RegistryError(f"{path}: not an evaluation record ({err!r}); rerun the evaluation stage") from None
+    return record
+
+
+def eval_data(record: dict) -> EvalData:
+    data = record["data"]
+    return EvalData(record["dataset_kind"], data["split"], data["ground_truth"], data["shards"], data["fingerprint"])
 
 
 def register_entry(name: str, entry: ModelEntry, tracking_uri: str | None = None) -> VersionRecord:
@@ -81,30 +80,30 @@ def register_entry(name: str, entry: ModelEntry, tracking_uri: str | None = None
     The store: `tracking_uri`, else $MLFLOW_TRACKING_URI, else the one the run was logged to."""
     import mlflow
 
-    info = json.loads(Path(entry.run_info).read_text())
+    info = json.loads((Path(entry.run) / "mlflow_run.json").read_text())
     mlflow.set_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or info["tracking_uri"])
-    _, metrics = entry_metrics(entry)
-    data = EvalData.from_files(entry.dataset, entry.split, entry.annotations, entry.shards)
-    return register(name, info["model_uri"], info["run_id"], metrics, entry.gate, data)
+    record = read_evaluation(entry.evaluation)
+    card = json.loads((Path(entry.run) / "model.json").read_text())
+    return register(
+        name, info["model_uri"], info["run_id"], record["metrics"], record["gate_metric"], eval_data(record), card
+    )
 
 
 def evaluate_on_data(holder: VersionRecord, data: EvalData) -> dict[str, float]:
     """Score a registered version on `data` as the evaluation stages do (flip test, DARK)."""
-    from pipelines.evaluate import evaluate_checkpoint
-    from transpose.models import ModelCard
-
     now = EvalData.from_files(data.dataset, data.split, data.annotations, data.shards)
     if now.fingerprint != data.fingerprint:
         raise RegistryError(
             f"{data.annotations} / {data.shards} ({data.split}) changed since the candidate was scored on them: "
             "rerun its evaluation and register it again"
         )
+    manifest = read_manifest(data.shards, data.split)
     with tempfile.TemporaryDirectory() as tmp:
         weights = download_checkpoint(holder, Path(tmp))
-        card = ModelCard.read(weights.with_name("model.json"))
-        p = {"model": card.model, "image_size": list(card.image_size), "model_args": card.model_args}
-        p.update(dataset=data.dataset, split=data.split, shards=data.shards, annotations=data.annotations)
-        metrics, _, _ = evaluate_checkpoint(p, weights)
+        check_run(read_card(weights), manifest, f"{holder.uri} on {data.shards} ({data.split})")
+        section = EvaluateSection(runs={"holder": str(weights)}, shards=data.shards, split=data.split, out_dir=tmp,
+                                  metrics=str(Path(tmp) / "metrics.json"))  # fmt: skip
+        metrics, _, _ = evaluate_run(section, manifest, weights)
     print(f"re-evaluated {holder.uri} on {data.split}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return metrics
 
@@ -117,91 +116,44 @@ def register_and_promote(
     tracking_uri: str | None = None,
 ) -> dict:
     """Register the entry's model and promote it; a report for the decisions file."""
-    if not Path(entry.run_info).is_file():
+    if not (Path(entry.run) / "mlflow_run.json").is_file():
         return {
-            "skipped": f"{entry.run_info} is missing: its training stage ran without MLflow (--no-mlflow) "
-            "or before stages logged models, so there is no logged model to register; rerun it with MLflow on"
+            "skipped": f"{entry.run}/mlflow_run.json is missing: its training stage ran without MLflow "
+            "(--no-mlflow), so there is no logged model to register; rerun it with MLflow on"
         }
     record = register_entry(name, entry, tracking_uri)
-    decision = promote(name, record.version, metric=entry.gate, alias=alias, evaluate=evaluate)
+    decision = promote(name, record.version, metric=record.gate_metric, alias=alias, evaluate=evaluate)
     report = {"version": record.version, "run_id": record.run_id, **asdict(decision)}
     print(f"{name} v{record.version}: {'moved' if decision.moved else 'kept'} {alias} ({decision.reason})")
     return report
 
 
-def run(stage: str = "promote", params_file: Path = Path("params.yaml")) -> dict:
-    from pipelines.params import stage_params
-
-    p = stage_params(stage, params_file)
-    alias = str(p.get("alias", DEFAULT_ALIAS))
-    report = {"alias": alias, "models": {}}
-    for name, values in (p.get("models") or {}).items():
-        report["models"][name] = register_and_promote(name, ModelEntry.from_dict(name, values), alias)
-    out = Path(p.get("out", "metrics/promote.json"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    return report
-
-
-def _cli_entry(args: argparse.Namespace) -> ModelEntry:
-    """params.yaml's promote.models.NAME (if any), overridden by the command line's flags."""
-    values: dict = {}
-    if args.params.is_file():
-        import yaml
-
-        section = (yaml.safe_load(args.params.read_text()) or {}).get("promote") or {}
-        values.update((section.get("models") or {}).get(args.name) or {})
-    for key in (*REQUIRED, "entry", "metric"):
-        if getattr(args, key, None):
-            values[key] = getattr(args, key)
-    return ModelEntry.from_dict(args.name, values)
-
-
-def _use_store(tracking_uri: str | None) -> None:
-    import mlflow
-
-    from pipelines.tracking import tracking_uri as project_store
-
-    mlflow.set_tracking_uri(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or project_store())
-
-
-def promote_command(args: argparse.Namespace) -> int:
-    """`transpose promote`: history, promote a version, or register a stage's model and promote it."""
-    from pipelines.registry import format_history, history
-
-    if args.history:
-        _use_store(args.tracking_uri)
-        decisions = history(args.history)
-        print(format_history(decisions) if decisions else f"no promotion decisions recorded for {args.history}")
-        return 0
-    if not args.name or not (args.version or args.run_info):
-        raise RegistryError(
-            "give --name NAME with --version N, or with --run-info FILE --metrics FILE; or --history NAME"
-        )
-    evaluate = evaluate_on_data if args.reevaluate else None
-    if args.run_info:
-        report = register_and_promote(args.name, _cli_entry(args), args.alias, evaluate, args.tracking_uri)
-        if "skipped" in report:
-            raise FileNotFoundError(report["skipped"])
-        refused = report["reason"].startswith("refused")
-    else:
-        _use_store(args.tracking_uri)
-        decision = promote(args.name, args.version, metric=args.metric, alias=args.alias, evaluate=evaluate)
-        verb = "moved" if decision.moved else "kept"
-        print(f"{args.name} v{decision.candidate}: {verb} {args.alias} ({decision.reason})")
-        refused = decision.refused
-    return 1 if refused else 0
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", default="promote", help="params.yaml section")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    args = parser.parse_args()
-    try:
-        print(json.dumps(run(args.stage, args.params), indent=1))
-    except (RegistryError, FileNotFoundError) as err:
-        raise SystemExit(f"promote: {err}") from None
+    args = stage_arguments(__doc__, stage="promote").parse_args()
+    values = load_params(args.params).get(args.stage)
+    section = parse_section(PromoteSection, values, args.stage)
+    for name, entry in section.models.items():  # every input before anything is registered
+        try:
+            read_evaluation(entry.evaluation)
+        except RegistryError as err:
+            raise SystemExit(f"params.yaml: {args.stage}.models.{name}.evaluation: {err}") from None
+        if not (Path(entry.run) / "model.json").is_file():
+            raise SystemExit(f"params.yaml: {args.stage}.models.{name}.run {entry.run}: no model.json there")
+    report = {"alias": section.alias, "models": {}}
+    with stage_run(args.stage, values, enabled=not args.no_mlflow) as tracker:
+        try:
+            for name, entry in section.models.items():
+                report["models"][name] = register_and_promote(name, entry, section.alias)
+        except RegistryError as err:
+            raise SystemExit(f"promote: {err}") from None
+        out = Path(section.decisions)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        if tracker is not None:
+            moved = {f"{n}/moved": float(r.get("moved", False)) for n, r in report["models"].items()}
+            tracker.log_metrics(moved, step=0)
+            tracker.log_artifact(out)
+    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

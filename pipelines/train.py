@@ -1,14 +1,21 @@
-"""Train one stage of the DAG (COCO pretraining or MPII transfer) with DeepSpeed; rerunning resumes.
+"""DVC stages `pretrain`, `transfer` and `mpii_scratch`: train one params.yaml section with DeepSpeed.
 
     python -m pipelines.train --stage pretrain                 # one process
     torchrun --nproc_per_node 2 -m pipelines.train --stage pretrain
     deepspeed --num_gpus 2 --no_ssh --node_rank 0 pipelines/train.py --stage pretrain
 
-Reads params.yaml section `STAGE` (and `--params` for another file). Keys: model, model_args (any model
-keyword, e.g. {num_layers: 6} for the Table 7 depths), image_size, num_keypoints,
-dataset (coco|mpii), shards, out_dir, loader (dali|torch), device (cpu|cuda), batch_size, workers,
-deepspeed_config, init_from (a checkpoint to start from; with reset_head for transfer), val_split, and the
-TrainConfig fields under `train:`.
+What is trained comes from the data and the run it starts from, not from params: the shards' manifest gives
+the dataset kind and the keypoint set (the model gets one heatmap per keypoint, the flip test its flip pairs,
+the scorer its OKS sigmas), and a section with `init_from` (transfer) takes the architecture and input size
+from that run's model card, with a new final layer for its own keypoints. The run's model.json (beside
+best.pth) records all of it for the stages after it. Every key, value and input file is checked before the
+process group starts.
+
+Resuming: the same command resumes an interrupted run from its newest complete checkpoint, but only a run of
+the same fingerprint: the section (less where outputs go and the loader workers, which change no result), the
+shard manifests, the starting weights, the code this stage runs (`mlops.fingerprints.code_fingerprint`) and
+the library versions. Anything else trains afresh, and the checkpoints of the other run are moved aside, not
+deleted.
 """
 
 from __future__ import annotations
@@ -17,59 +24,164 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
-import yaml
 
 from dataops.augment import AugmentConfig
-from dataops.loaders import LoaderConfig, make_targets
-from dataops.loaders.dali_loader import DaliLoader
-from dataops.loaders.torch_loader import TwinLoader
-from dataops.shards import stored_reach
-from pipelines.params import reject_unknown_keys
-from pipelines.registry import file_sha256
-from pipelines.tracking import stage_run
+from dataops.loaders import LoaderConfig, make_loader, make_targets
+from dataops.shards import ManifestError, ShardManifest, read_manifest
+from mlops.fingerprints import code_fingerprint, environment, file_sha256
+from mlops.tracking import stage_run
+from pipelines.params import ParamsError, load_params, parse_section, stage_arguments
 from transpose.engine import TrainConfig
-from transpose.engine.distributed import local_rank
+from transpose.engine.curves import plot_training_curves
+from transpose.engine.distributed import init_process_group, is_main, local_rank
 from transpose.engine.trainer import Trainer
-from transpose.engine.validation import coco_scorer, mpii_scorer, validate
-from transpose.evaluation import load_coco_ground_truth, load_mpii_ground_truth
-from transpose.keypoints import COCO, MPII
-from transpose.models import create_model, load_model, load_reference_checkpoint
-from transpose.models.card import CARD_NAME, ModelCard
+from transpose.engine.validation import validate
+from transpose.evaluation.protocols import dataset_kind
+from transpose.models import MODELS, ModelCard, checkpoint_path, load_model, load_reference_checkpoint, read_card
+
+STAGE_MODULE = "pipelines.train"
+NOT_IN_RESULT = ("out_dir", "metrics", "plots", "workers")  # where outputs go, how many loader workers
 
 
-def train_config(section: dict, stage: str) -> TrainConfig:
-    known = {f.name for f in fields(TrainConfig)}
-    values = section.get("train", {})
-    reject_unknown_keys(values, known, f"{stage}.train")
+@dataclass(frozen=True)
+class TrainSection:
+    shards: str  # the dataset's shards folder (its train and validation splits)
+    out_dir: str  # checkpoints, best.pth + model.json, history
+    model: str | None = None  # a registered variant; with init_from: taken from its card
+    image_size: tuple[int, int] | None = None  # (h, w); with init_from: taken from its card
+    model_args: dict = field(default_factory=dict)  # any model keyword, e.g. {num_layers: 6}
+    init_from: str | None = None  # a trained run (its best.pth and model.json) to start from: transfer
+    model_from: str | None = None  # a trained run whose architecture and input size (its card) train from scratch
+    val_split: str = "val"
+    validate: bool = True
+    metrics: str | None = None  # DVC metrics: the best validation's headline metrics
+    plots: str | None = None  # DVC image plot: loss and validation curves
+    loader: Literal["dali", "torch"] = "dali"
+    device: Literal["cpu", "cuda"] = "cpu"
+    processes: int = 1  # torchrun processes on this node (dvc.yaml starts that many)
+    batch_size: int = 32  # per process
+    workers: int = 2
+    deepspeed_config: str = "infra/deepspeed/zero0_fp32.json"
+    augment: dict = field(default_factory=dict)  # AugmentConfig fields over the reference's
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.model is not None and self.model not in MODELS:
+            raise ValueError(f"model: unknown model {self.model!r}; registered: {', '.join(sorted(MODELS))}")
+        if self.init_from and self.model_from:
+            raise ValueError("model_from: give init_from (weights and architecture) or model_from, not both")
+        if self.image_size is not None and min(self.image_size) < 16:
+            raise ValueError(f"image_size: must be [h, w] of at least 16 pixels each, got {list(self.image_size)}")
+        for key, low in (("batch_size", 1), ("workers", 0), ("processes", 1)):
+            if getattr(self, key) < low:
+                raise ValueError(f"{key}: must be at least {low}, got {getattr(self, key)}")
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """What a section trains, resolved and checked against the data and the starting run."""
+
+    stage: str
+    section: TrainSection
+    card: ModelCard  # written beside best.pth
+    train_data: ShardManifest
+    val_data: ShardManifest | None
+    augment: AugmentConfig
+    ds_config: dict
+
+    @property
+    def gate_metric(self) -> str:
+        return dataset_kind(self.card.dataset_kind).gate_metric
+
+
+def plan(section: TrainSection, stage: str) -> TrainPlan:
+    """Resolve the model card (data + init_from + section) and check everything a run needs; any problem is a
+    ParamsError naming the key or the file."""
     try:
-        return TrainConfig(**values)
-    except (TypeError, ValueError) as err:
-        raise SystemExit(f"params.yaml: {stage}.train: {err}") from None
+        train_data = read_manifest(section.shards, "train")
+        val_data = read_manifest(section.shards, section.val_split) if section.validate else None
+    except ManifestError as err:
+        raise ParamsError(f"{stage}.shards: {err}") from None
+    if val_data is not None:
+        _check_same_data(train_data, val_data, stage)
+    model, image_size, model_args = _architecture(section, stage)
+    try:
+        train_data.check_aspect_ratio(image_size, f"params.yaml: {stage}.image_size")
+    except ManifestError as err:
+        raise ParamsError(str(err)) from None
+    augment = augment_config(section.augment, stage, train_data.reach)
+    ds_path = Path(section.deepspeed_config)
+    try:
+        ds_config = json.loads(ds_path.read_text())
+    except (OSError, ValueError) as err:
+        raise ParamsError(
+            f"params.yaml: '{stage}.deepspeed_config' {ds_path}: not a readable JSON file ({err})"
+        ) from None
+    training = {"stage": stage, "shards": section.shards, "train_manifest_sha256": file_sha256(train_data.path)}
+    training.update({k: getattr(section, k) for k in ("init_from", "model_from") if getattr(section, k)})
+    card = ModelCard(model, image_size, train_data.keypoints, train_data.dataset_kind, model_args, training)
+    try:
+        card.build()  # an input size the architecture cannot take fails here, before any process starts
+    except ValueError as err:
+        raise ParamsError(f"params.yaml: {stage}: {err}") from None
+    return TrainPlan(stage, section, card, train_data, val_data, augment, ds_config)
 
 
-REFERENCE_REACH = AugmentConfig()  # what shards store by default (frozen)
+def _check_same_data(train: ShardManifest, val: ShardManifest, stage: str) -> None:
+    if (train.dataset_kind, train.keypoints.names) != (val.dataset_kind, val.keypoints.names):
+        raise ParamsError(
+            f"{stage}: the train shards ({train.path}: {train.dataset_kind}, {train.keypoints.name}) and the "
+            f"validation shards ({val.path}: {val.dataset_kind}, {val.keypoints.name}) are not of one dataset"
+        )
+    if val.ground_truth is None or not val.ground_truth.is_file():
+        raise ParamsError(f"{stage}.val_split: {val.path} names no ground truth file beside it: re-shard")
 
 
-def augment_config(
-    p: dict, training: bool, stage: str = "STAGE", reach: AugmentConfig | None = REFERENCE_REACH
-) -> AugmentConfig:
-    """The section's `augment:` overrides of the reference's augmentation (training only). `reach` is what the
-    training shards' regions were stored for (`stored_reach`; None for whole images): a larger scale or
-    shift would read past them."""
-    if not training:
-        return AugmentConfig(enabled=False)
-    values = dict(p.get("augment") or {})
-    known = {f.name for f in fields(AugmentConfig)} - {"enabled"}
-    reject_unknown_keys(values, known, f"{stage}.augment")
-    config = AugmentConfig(**values)
+def _architecture(section: TrainSection, stage: str) -> tuple[str, tuple[int, int], dict]:
+    """(model, image_size, model_args): the section's, or the card of init_from / model_from (a section that
+    restates them must agree with the card)."""
+    key, run = ("init_from", section.init_from) if section.init_from else ("model_from", section.model_from)
+    if not run:
+        missing = [k for k in ("model", "image_size") if getattr(section, k) is None]
+        if missing:
+            raise ParamsError(
+                f"params.yaml: missing key(s) {', '.join(f'{stage}.{k}' for k in missing)} "
+                "(or init_from / model_from: a trained run)"
+            )
+        return section.model, tuple(section.image_size), dict(section.model_args)
+    weights = checkpoint_path(run)
+    if key == "init_from" and not weights.is_file():
+        raise ParamsError(f"params.yaml: '{stage}.init_from' {run}: no {weights.name} there")
+    try:
+        card = read_card(run)
+    except (OSError, ValueError) as err:
+        raise ParamsError(f"params.yaml: '{stage}.{key}': {err}") from None
+    for name, value, carded in (
+        ("model", section.model, card.model),
+        ("image_size", section.image_size and tuple(section.image_size), tuple(card.image_size)),
+        ("model_args", section.model_args or None, card.model_args),
+    ):
+        if value is not None and value != carded:
+            raise ParamsError(
+                f"params.yaml: '{stage}.{name}' is {value!r} but the model card of {run} says {carded!r}: "
+                f"drop {stage}.{name} (the card states it), or start from another run"
+            )
+    return card.model, tuple(card.image_size), dict(card.model_args)
+
+
+def augment_config(values: dict, stage: str, reach: AugmentConfig | None) -> AugmentConfig:
+    """The section's `augment:` over the reference's augmentation. `reach` is what the training shards' regions
+    were stored for (None: whole images): a larger scale or shift would read past them."""
+    config = parse_section(AugmentConfig, values, f"{stage}.augment", exclude=("enabled",))
     beyond = config.reaches_beyond(reach) if reach is not None else []
     if beyond:
         stored = ", ".join(f"{name} {getattr(reach, name)}" for name in beyond)
-        raise SystemExit(
+        raise ParamsError(
             f"params.yaml: {stage}.augment {', '.join(beyond)} above what the shards were cut for ({stored}) "
             "would crop outside the stored person regions: lower it, or reshard with a larger shard.max_shift "
             "(shift) or shard.store: image"
@@ -77,25 +189,20 @@ def augment_config(
     return config
 
 
-def build_loader(p: dict, split: str, keypoint_set, rank: int, world: int, augment: AugmentConfig | None):
-    """The split's loader over this rank's share of the shards: shuffled and augmented for training, or in
-    order and unaugmented for evaluation (`augment` None)."""
-    h, w = p["image_size"]
-    config = LoaderConfig(
-        input_size=(h, w),
-        batch_size=p["batch_size"],
-        augment=augment or AugmentConfig(enabled=False),
-        keypoint_set=keypoint_set,
-        shuffle=augment is not None,
-        seed=p.get("train", {}).get("seed", 22),
-        workers=p.get("workers", 2),
-    )
-    shards = Path(p["shards"])
-    if p.get("loader", "dali") == "dali":
-        device = "gpu" if p.get("device", "cpu").startswith("cuda") else "cpu"
-        gpu = local_rank() if device == "gpu" else None  # the CUDA index as this process sees it
-        return DaliLoader(shards, split, config, rank, world, device=device, device_id=gpu)
-    return TwinLoader(shards, split, config, rank, world)
+def run_identity(p: TrainPlan) -> dict:
+    """What a checkpoint must come from to be resumed (see the module docstring)."""
+    section = {k: v for k, v in asdict(p.section).items() if k not in NOT_IN_RESULT}
+    identity = {
+        "section": section,
+        "card": p.card.to_dict(),
+        "data": {m.split: file_sha256(m.path) for m in (p.train_data, p.val_data) if m is not None},
+        "deepspeed_config": p.ds_config,
+        "code": code_fingerprint([STAGE_MODULE]),
+        "environment": environment(),
+    }
+    if p.section.init_from:
+        identity["init_weights"] = file_sha256(checkpoint_path(p.section.init_from))
+    return identity
 
 
 def cpu_threads_per_process() -> int:
@@ -112,137 +219,127 @@ def use_environment_extension_cache() -> None:
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
 
 
-def run(stage: str, params_file: Path = Path("params.yaml"), tracker=None) -> dict:
-    """Train the params.yaml section `stage`; returns the best validation record."""
-    params = yaml.safe_load(params_file.read_text())
-    if stage not in params:
-        raise SystemExit(f"{params_file}: no section '{stage}'")
-    return run_section(params[stage], stage, tracker, source=str(params_file))
+def build_model(p: TrainPlan) -> torch.nn.Module:
+    """The card's architecture, seeded alike in every process, from init_from's weights with a new final layer
+    for the data's keypoints when they differ."""
+    torch.manual_seed(p.section.train.seed)
+    if not p.section.init_from:
+        return p.card.build()
+    init = read_card(p.section.init_from)
+    model = init.build()
+    load_reference_checkpoint(model, checkpoint_path(p.section.init_from))
+    if init.keypoints.names != p.card.keypoints.names:
+        model.reset_head(p.card.num_keypoints)  # transfer: a new d x K final layer
+    return model
 
 
-def run_section(p: dict, stage: str, tracker=None, on_epoch_end=None, source: str = "params.yaml") -> dict:
-    """Train from the section `stage` (a dict with the keys above); errors name `source` and the key.
-    Ray Tune trials call this with a section whose values the search space overrides, and with
-    `on_epoch_end(record)`, which every rank calls after each epoch's checkpoint (pipelines/tune.py)."""
-    use_environment_extension_cache()
-    missing = [k for k in ("model", "image_size", "dataset", "shards", "out_dir", "batch_size") if k not in p]
-    if missing:
-        raise SystemExit(f"{source}: missing key(s) {', '.join(f'{stage}.{k}' for k in missing)}")
-    config = train_config(p, stage)
-    augment = augment_config(p, training=True, stage=stage, reach=stored_reach(p["shards"], "train"))
-    keypoint_set = COCO if p["dataset"] == "coco" else MPII
-    torch.manual_seed(config.seed)  # the same initial weights in every process and every run
-    model = create_model(p["model"], num_keypoints=17, image_size=tuple(p["image_size"]), **p.get("model_args", {}))
-    if p.get("init_from"):
-        load_reference_checkpoint(model, p["init_from"])
-    if model.num_keypoints != keypoint_set.num_keypoints:
-        model.reset_head(keypoint_set.num_keypoints)  # transfer: a new d x K final layer
-    from transpose.engine.distributed import init_process_group
-
-    rank, world = init_process_group(p.get("device", "cpu"))
-    if p.get("device", "cpu") == "cpu":
+def train(p: TrainPlan, tracker=None, on_epoch_end=None) -> dict:
+    """Train the plan (resuming a run of the same fingerprint); returns the best validation record."""
+    s, config = p.section, p.section.train
+    model = build_model(p)
+    rank, world = init_process_group(s.device)
+    if s.device == "cpu":
         torch.set_num_threads(cpu_threads_per_process())
-    if rank == 0:  # what inference and the registry need to rebuild best.pth
-        ModelCard(
-            p["model"], keypoint_set.num_keypoints, tuple(p["image_size"]), p.get("model_args", {}), p["dataset"]
-        ).write(Path(p["out_dir"]) / CARD_NAME)
-    train_loader = build_loader(p, "train", keypoint_set, rank, world, augment)
-    val_split = p.get("val_split", "val_det" if p["dataset"] == "coco" else "valid")
-    if not p.get("validate", True):
-        scorer = None
-    elif p["dataset"] == "coco":
-        scorer = coco_scorer(load_coco_ground_truth(p["val_annotations"]))
-    else:
-        scorer = mpii_scorer(load_mpii_ground_truth(p["val_annotations"]))
-    input_size = tuple(p["image_size"])
+    if rank == 0:
+        p.card.write(Path(s.out_dir) / "model.json")
+    codec = model.data_config.codec(config.sigma)
+    keypoints = p.card.keypoints
+    gpu = local_rank() if s.device == "cuda" else None
+
+    def loader(split: str, augment: AugmentConfig | None):
+        cfg = LoaderConfig(
+            input_size=tuple(p.card.image_size),
+            batch_size=s.batch_size,
+            augment=augment or AugmentConfig(enabled=False),
+            shuffle=augment is not None,
+            seed=config.seed,
+            workers=s.workers,
+        )
+        return make_loader(s.shards, split, cfg, rank, world, s.loader, s.device, gpu)
 
     def prepare(batch: dict, device: torch.device):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        targets, weights, _ = make_targets(batch, keypoint_set, input_size, config.sigma)
+        targets, weights, _ = make_targets(batch, keypoints, codec)
         return batch["image"], targets, weights
 
-    def run_validation(module):
-        loader = build_loader(p, val_split, keypoint_set, rank, world, augment=None)
-        return validate(
-            module, loader, scorer, keypoint_set, input_size, next(module.parameters()).device, config.flip_test
-        )
+    run_validation = None
+    if p.val_data is not None:
+        scorer = dataset_kind(p.card.dataset_kind).scorer(p.val_data.ground_truth, keypoints)
 
-    ds_config = json.loads(Path(p.get("deepspeed_config", "infra/deepspeed/zero0_fp32.json")).read_text())
+        def run_validation(module):
+            device = next(module.parameters()).device
+            return validate(module, loader(s.val_split, None), scorer, keypoints, codec, device, config.flip_test)
+
     trainer = Trainer(
         model,
-        train_loader,
+        loader("train", p.augment),
         prepare,
         config,
-        p["out_dir"],
-        ds_config,
-        validate=run_validation if p.get("validate", True) else None,
-        gate_metric="AP" if p["dataset"] == "coco" else "PCKh",
+        s.out_dir,
+        p.ds_config,
+        validate=run_validation,
+        gate_metric=p.gate_metric,
         tracker=tracker,
-        device=p.get("device", "cpu"),
-        fingerprint=run_fingerprint(p, val_split),
+        device=s.device,
+        fingerprint=json.dumps(run_identity(p), sort_keys=True),
         on_epoch_end=on_epoch_end,
     )
     return trainer.fit()
 
 
-def run_fingerprint(p: dict, val_split: str) -> str:
-    """What a checkpoint must come from to be resumed: the same section (less what does not change the result),
-    the same training and validation shards (their manifests) and the same starting weights (`init_from`), so
-    that a stage DVC reruns because its data or its pretrained model changed starts afresh instead of resuming
-    the finished run."""
-    identity = {k: v for k, v in p.items() if k not in ("workers", "metrics", "plots")}
-    for split in ("train", val_split):
-        manifest = Path(p["shards"]) / f"{split}-manifest.json"
-        identity[f"shards/{split}"] = file_sha256(manifest) if manifest.is_file() else None
-    if p.get("init_from"):
-        identity["init_weights"] = file_sha256(Path(p["init_from"]))
-    return json.dumps(identity, sort_keys=True)
+def run_section(values: dict, stage: str, tracker=None, on_epoch_end=None) -> dict:
+    """Train from a section dict (params.yaml's, or a Ray Tune trial's with the sampled values); `on_epoch_end`
+    (every rank, after each epoch's checkpoint) is how Tune hears of validated epochs."""
+    use_environment_extension_cache()
+    return train(plan(parse_section(TrainSection, values, stage), stage), tracker, on_epoch_end)
 
 
-def write_dvc_outputs(section: dict, best: dict) -> None:
-    """DVC metrics (the best validation metrics) and plots (per-epoch loss and metrics), where the section
-    names them (`metrics:`, `plots:`)."""
-    history = json.loads((Path(section["out_dir"]) / "history.json").read_text())
-    if section.get("metrics"):
-        path = Path(section["metrics"])
+def write_dvc_outputs(p: TrainPlan, best: dict) -> None:
+    """DVC metrics (the best validation's headline metrics) and the curves figure, where the section names them."""
+    s = p.section
+    history = json.loads((Path(s.out_dir) / "history.json").read_text())
+    if s.metrics:
+        headline = dataset_kind(p.card.dataset_kind).headline(best.get("metrics", {}))
+        path = Path(s.metrics)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"best_epoch": best.get("epoch"), **best.get("metrics", {})}, indent=2) + "\n")
-    if section.get("plots"):
-        keys = sorted({k for r in history for k in r if k != "epoch"})
-        rows = [",".join(["epoch", *(k.replace("/", "_") for k in keys)])]
-        rows += [",".join([str(r["epoch"]), *(f"{r[k]:.6g}" if k in r else "" for k in keys)]) for r in history]
-        path = Path(section["plots"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(rows) + "\n")
+        path.write_text(json.dumps({"best_epoch": best.get("epoch"), **headline}, indent=2) + "\n")
+    if s.plots:
+        title = f"{p.stage}: {p.card.model} on {s.shards} (validation: {s.val_split})"
+        plot_training_curves({p.stage: history}, p.gate_metric, s.plots, title)
+
+
+def log_run(p: TrainPlan, tracker) -> None:
+    """best.pth, model.json, history and the curves as artifacts; the best model with its signature; and
+    mlflow_run.json (the run and the logged model, for the promote stage)."""
+    out_dir = Path(p.section.out_dir)
+    for path in (out_dir / "best.pth", out_dir / "model.json", out_dir / "history.json"):
+        if path.is_file():
+            tracker.log_artifact(path)
+    if p.section.plots and Path(p.section.plots).is_file():
+        tracker.log_artifact(p.section.plots, "figures")
+    if (out_dir / "best.pth").is_file():
+        model_uri = tracker.log_model(load_model(out_dir), tuple(p.card.image_size))
+        print(f"logged model {model_uri}")
+        tracker.write_run_info(out_dir / "mlflow_run.json", model_uri)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", required=True, help="params.yaml section, e.g. pretrain or transfer")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--no-mlflow", action="store_true", help="do not record the run in MLflow")
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher's
-    args = parser.parse_args()
-    params = yaml.safe_load(args.params.read_text())
-    section = params.get(args.stage, {})
-    from transpose.engine.distributed import init_process_group, is_main
-
+    args = stage_arguments(__doc__, stage=None)
+    args.add_argument("--stage", required=True, help="params.yaml section: pretrain, transfer, mpii_scratch")
+    args.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # the deepspeed launcher's
+    args = args.parse_args()
     use_environment_extension_cache()
-    init_process_group(section.get("device", "cpu"))
-    with stage_run(args.stage, section, enabled=is_main() and not args.no_mlflow) as tracker:
-        best = run(args.stage, args.params, tracker=tracker)
+    values = load_params(args.params).get(args.stage)
+    if not isinstance(values, dict):
+        raise ParamsError(f"{args.params}: no section '{args.stage}:'")
+    p = plan(parse_section(TrainSection, values, args.stage), args.stage)  # every check before processes start
+    init_process_group(p.section.device)
+    with stage_run(args.stage, values, enabled=is_main() and not args.no_mlflow) as tracker:
+        best = train(p, tracker)
         if is_main():
-            write_dvc_outputs(section, best)
-            out_dir = Path(section["out_dir"])
-            best_path = out_dir / "best.pth"
+            write_dvc_outputs(p, best)
             if tracker is not None:
-                for path in (best_path, out_dir / CARD_NAME, out_dir / "history.json"):
-                    if path.is_file():
-                        tracker.log_artifact(path)
-                if best_path.is_file():
-                    model_uri = tracker.log_model(load_model(best_path), tuple(section["image_size"]))
-                    print(f"logged model {model_uri}")
-                    tracker.write_run_info(out_dir / "mlflow_run.json", model_uri)
+                log_run(p, tracker)
     if is_main():
         print(json.dumps({"best": best}, indent=1))
 

@@ -13,11 +13,14 @@ dvc repro "$@"
 echo
 echo "done in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s; pipeline id $TRANSPOSE_PIPELINE_ID"
 dvc metrics show
+dvc status  # up to date: nothing the DAG depends on changed since it ran
 cat <<MSG
 
-metrics:  metrics/*.json (dvc metrics show), per-epoch curves: plots/*.csv (dvc plots show)
-figures:  outputs/evaluate_coco/ and outputs/evaluate_mpii/ (training_curves.png, explain_*.png)
-models:   outputs/pretrain/best.pth, outputs/transfer/best.pth (bare state_dicts, reference format)
+metrics:  metrics/*.json (dvc metrics show: AP, AP50, AP75, ... on detected boxes; PCKh transfer vs scratch)
+figures:  plots/ (dvc plots show -o plots_page: an offline page of the learning curves, where the OKS is lost,
+          attention areas)
+models:   outputs/pretrain/, outputs/transfer/: best.pth (a bare state_dict, reference format) + model.json
+          (its card: architecture, input size, keypoint set); try them: transpose predict --help
 MLflow:   ${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlruns/mlflow.db}
           browse: .venv/bin/mlflow ui --backend-store-uri ${MLFLOW_TRACKING_URI:-sqlite:///$PWD/mlruns/mlflow.db}
 MSG

@@ -26,6 +26,7 @@ from transpose.geometry import box_to_center_scale, clean_box, flip_joints, get_
 from transpose.keypoints import COCO, MPII
 from transpose.models.transpose_net import IMAGENET_MEAN, IMAGENET_STD
 
+CODEC = HeatmapCodec()  # of a 256x192 model, the loaders' default input size
 FIXED_DRAWS = [
     FixedDraw(1.1, 30.0, True, 0),
     FixedDraw(0.8, -20.0, False, 0),
@@ -157,8 +158,8 @@ def test_dali_and_torch_twin_give_the_same_crops_joints_and_targets(coco_shards,
         assert torch.equal(a["ids"], b["ids"]) and torch.equal(a["flip"], b["flip"])
         grey_levels = (a["image"] - b["image"]).abs() * 255 * 0.226  # undo the normalisation (mean std)
         assert grey_levels.mean() < 0.05 and grey_levels.max() < 2.0  # OpenCV's 5-bit bilinear weights: +-1
-        ta, wa, ja = make_targets(a, COCO, config.input_size)
-        tb, wb, jb = make_targets(b, COCO, config.input_size)
+        ta, wa, ja = make_targets(a, COCO, CODEC)
+        tb, wb, jb = make_targets(b, COCO, CODEC)
         assert torch.equal(wa, wb)
         assert (ja - jb).abs().max() < 1e-3 and (ta - tb).abs().max() < 1e-4
     assert batches == 3
@@ -172,7 +173,7 @@ def test_loader_geometry_matches_the_reference_pipeline(realdata, coco_shards, f
     records, _, _ = read_coco_keypoints(realdata / "coco" / "test_coco.json", realdata / "coco")
     by_id = {r.annotation_id: r for r in records}
     codec = HeatmapCodec()
-    targets, weights, joints_hm = make_targets(batch, COCO, config.input_size)
+    targets, weights, joints_hm = make_targets(batch, COCO, CODEC)
     for i, ann_id in enumerate(batch["ids"][:, 1].tolist()):
         rec = by_id[ann_id]
         image = cv2.cvtColor(cv2.imread(str(rec.image_path)), cv2.COLOR_BGR2RGB)
@@ -222,7 +223,7 @@ def test_shifted_crops_need_shards_cut_for_the_shift(realdata, tmp_path):
         write_shards(records, kset, out, "val", cut_for, report, progress=False)
         assert stored_reach(out, "val") == cut_for.augment  # what training checks its augmentation against
         batch = next(iter(DaliLoader(out, "val", config)))
-        targets, _, joints_hm = make_targets(batch, COCO, config.input_size)
+        targets, _, joints_hm = make_targets(batch, COCO, CODEC)
         errors[reach] = []
         for i, ann_id in enumerate(batch["ids"][:, 1].tolist()):
             rec = by_id[ann_id]
@@ -277,7 +278,7 @@ def test_random_augmentation_joints_map_back_to_the_annotations(coco_shards, tmp
         linear, shift = matrix[:, :, :2], matrix[:, :, 2]
         back = torch.linalg.solve(linear, (joints.double() - shift[:, None, :]).transpose(1, 2)).transpose(1, 2)
         assert torch.allclose(back[visible > 0], stored[visible > 0], atol=1e-2)
-        targets, weights, joints_hm = make_targets(batch, COCO, config.input_size)
+        targets, weights, joints_hm = make_targets(batch, COCO, CODEC)
         peaks = targets.flatten(2).argmax(-1)
         px, py = peaks % 48, peaks // 48
         on_map = (
@@ -328,9 +329,9 @@ def test_mpii_fixture_through_shards_and_dali(realdata, tmp_path):
     records, report = read_mpii(realdata / "mpii" / "test_mpii.json", realdata / "mpii")
     write_shards(records, MPII, tmp_path, "valid", ShardConfig(samples_per_shard=8, workers=1), report, False)
     fixed = FixedDraw(1.0, 20.0, True, 0)
-    config = LoaderConfig(batch_size=5, workers=1, keypoint_set=MPII, fixed=fixed, shuffle=False)
+    config = LoaderConfig(batch_size=5, workers=1, fixed=fixed, shuffle=False)
     batch = next(iter(DaliLoader(tmp_path, "valid", config)))
-    _, weights, joints_hm = make_targets(batch, MPII, config.input_size)
+    _, weights, joints_hm = make_targets(batch, MPII, CODEC)
     codec = HeatmapCodec()
     for i, rec in enumerate(records):
         width = cv2.imread(str(rec.image_path)).shape[1]

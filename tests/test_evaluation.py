@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from transpose.cli import main as cli
+from cli.main import main as cli
 from transpose.evaluation import (
     CocoFormatError,
     MpiiGroundTruth,

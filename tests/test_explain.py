@@ -6,17 +6,21 @@ import numpy as np
 import pytest
 import torch
 
-from transpose.cli import main as cli
+from cli.main import main as cli
+from transpose.codec import HeatmapCodec
 from transpose.explain import attention_areas, default_threshold, explain_crop, keypoint_tokens, plot_attention_areas
 from transpose.keypoints import COCO
 from transpose.models import create_model
+
+CODEC = HeatmapCodec()  # 256x192 input, 64x48 heatmaps: stride 4
 
 
 def test_keypoint_tokens_follow_the_papers_mapping():
     # heatmap p -> input pixel p*4 + 0.5 -> token by integer division by the stride
     kpts = np.array([[0.0, 0.0], [1.9, 1.8], [47.0, 63.0]])
-    assert keypoint_tokens(kpts, (32, 24), stride=8).tolist() == [0, 1, 31 * 24 + 23]  # (8.1, 7.7) -> col 1, row 0
-    assert keypoint_tokens(kpts, (64, 48), stride=4).tolist() == [0, 48 + 2, 63 * 48 + 47]
+    assert CODEC.visual_pixel(kpts).tolist() == [[0.5, 0.5], [8.1, 7.7], [188.5, 252.5]]
+    assert keypoint_tokens(kpts, (32, 24), 8, CODEC).tolist() == [0, 1, 31 * 24 + 23]  # (8.1, 7.7) -> col 1, row 0
+    assert keypoint_tokens(kpts, (64, 48), 4, CODEC).tolist() == [0, 48 + 2, 63 * 48 + 47]
 
 
 def test_dependency_and_affected_areas_are_rows_and_columns():
@@ -25,7 +29,7 @@ def test_dependency_and_affected_areas_are_rows_and_columns():
     a = torch.full((length, length), 0.001)
     a[5, 7] = 0.5  # token 5 depends on token 7
     a[2, 5] = 0.3  # token 2 is affected by token 5
-    areas = attention_areas([a, a * 2], np.array([[4.0, 2.0]]), grid, stride=8, threshold=0.01)  # pixel (16.5, 8.5)
+    areas = attention_areas([a, a * 2], np.array([[4.0, 2.0]]), grid, 8, 0.01, CODEC)  # pixel (16.5, 8.5)
     tok = int(areas.keypoint_tokens[0])
     assert tok == 1 * 3 + 2 == 5
     assert areas.dependency.shape == (2, 1, 4, 3)
@@ -38,19 +42,27 @@ def test_dependency_and_affected_areas_are_rows_and_columns():
 
 def test_explain_crop_and_figure(tmp_path):
     model = create_model("transpose_h_s", image_size=(128, 96))
-    areas, coords, _ = explain_crop(model, torch.randn(3, 128, 96), threshold=0.0)
+    crop = torch.randn(3, 128, 96)
+    areas, keypoints, _ = explain_crop(model, crop, threshold=0.0)
     assert areas.dependency.shape == (4, 17, 32, 24) and areas.threshold == 0.0
+    # keypoints come back in crop pixels: the model's codec, heatmap (0, 0) -> crop (0, 0), (23, 31) -> (95, 127)
+    codec = model.data_config.codec()
+    with torch.no_grad():
+        heatmaps = model(crop[None], return_attention=True)[0].numpy()
+    np.testing.assert_allclose(keypoints, codec.heatmap_to_crop(codec.decode_heatmap_coords(heatmaps)[0][0]))
+    corners = codec.heatmap_to_crop(np.array([[0.0, 0.0], [23.0, 31.0]]))  # one factor, 95/23, in x and y
+    np.testing.assert_allclose(corners, [[0.0, 63.5 - 15.5 * 95 / 23], [95.0, 63.5 + 15.5 * 95 / 23]])
     # with delta 0 every row is a full attention row: it sums to one
     assert np.allclose(areas.dependency.sum(axis=(2, 3)), 1.0, atol=1e-4)
     assert default_threshold(model.stride) == 0.00075 and default_threshold(8) == 0.01
-    out = plot_attention_areas(np.zeros((128, 96, 3), np.uint8), coords * 4, areas, COCO, tmp_path / "fig.png")
+    out = plot_attention_areas(np.zeros((128, 96, 3), np.uint8), keypoints, areas, COCO, tmp_path / "fig.png")
     assert out.stat().st_size > 10_000
 
 
 def test_cli_explain_on_a_real_photo(realdata, tmp_path, capsys):
     out = tmp_path / "explain.png"
     code = cli(
-        ["explain", "--model", "transpose_r_a3", "--image", str(realdata / "coco" / "000000000785.jpg"),
+        ["explain", "--arch", "transpose_r_a3", "--image", str(realdata / "coco" / "000000000785.jpg"),
          "--box", "280,44,218,346", "--out", str(out), "--areas", "affected"]
     )  # fmt: skip
     assert code == 0 and out.stat().st_size > 10_000
@@ -59,7 +71,7 @@ def test_cli_explain_on_a_real_photo(realdata, tmp_path, capsys):
         cli(
             [
                 "explain",
-                "--model",
+                "--arch",
                 "transpose_r_a3",
                 "--image",
                 str(tmp_path / "none.jpg"),

@@ -270,21 +270,38 @@ def test_reset_head_for_transfer():
 
 
 def test_model_card_rebuilds_a_checkpoint(tmp_path):
-    from transpose.models import ModelCard, load_model
+    from transpose.keypoints import MPII
+    from transpose.models import ModelCard, load_model, load_trained
 
     torch.manual_seed(0)
-    card = ModelCard("transpose_r_tiny", 16, (128, 96), {"num_layers": 2}, "mpii")
+    card = ModelCard("transpose_r_tiny", (128, 96), MPII, "mpii", {"num_layers": 2}, {"shards": "data/shards/mpii"})
     model = card.build().eval()
+    assert model.num_keypoints == 16 and len(model.global_encoder.layers) == 2
     torch.save(model.state_dict(), tmp_path / "best.pth")
     card.write(tmp_path / "model.json")
-    assert ModelCard.read(tmp_path / "model.json") == card
+    assert ModelCard.read(tmp_path / "model.json") == card  # the keypoint set travels whole: flip pairs, skeleton
     x = torch.randn(2, 3, 128, 96)
     with torch.no_grad():
         for source in (tmp_path / "best.pth", tmp_path):  # the file or its run directory
             assert torch.equal(load_model(source)(x), model(x))
+    assert load_trained(tmp_path)[1].keypoints.flip_pairs == MPII.flip_pairs
     (tmp_path / "model.json").unlink()
-    with pytest.raises(FileNotFoundError, match="--arch"):
+    with pytest.raises(FileNotFoundError, match="no model.json beside"):
         load_model(tmp_path / "best.pth")
     (tmp_path / "model.json").write_text('{"model": "transpose_nope", "num_keypoints": 17, "image_size": [8, 8]}')
     with pytest.raises(ValueError, match="unknown model 'transpose_nope'"):
         load_model(tmp_path / "best.pth")
+
+
+def test_format_1_model_cards_still_load(tmp_path):
+    """Cards written before keypoint sets travelled named only their dataset (coco / mpii)."""
+    from transpose.keypoints import COCO
+    from transpose.models import ModelCard
+
+    path = tmp_path / "model.json"
+    path.write_text('{"model": "transpose_r_tiny", "num_keypoints": 17, "image_size": [128, 96], "dataset": "coco"}')
+    card = ModelCard.read(path)
+    assert (card.keypoints, card.dataset_kind, card.image_size) == (COCO, "coco", (128, 96))
+    path.write_text('{"model": "transpose_r_tiny", "num_keypoints": 5, "image_size": [128, 96], "dataset": "coco"}')
+    with pytest.raises(ValueError, match="not a model card"):
+        ModelCard.read(path)

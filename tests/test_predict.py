@@ -16,12 +16,14 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from cli.main import main
 from transpose import predict as P
-from transpose.cli import main
 from transpose.inference import predict_boxes, read_image_rgb
-from transpose.models import ModelCard, create_model, load_model
+from transpose.keypoints import COCO as COCO_KEYPOINTS
+from transpose.keypoints import MPII
+from transpose.models import ModelCard, card_for_weights, create_model, load_model
 
-CARD = ModelCard(model="transpose_r_tiny", num_keypoints=17, image_size=(128, 96))
+CARD = ModelCard(model="transpose_r_tiny", image_size=(128, 96), keypoints=COCO_KEYPOINTS)
 DETECTIONS = "test_coco_det_AP_H_56.json"
 
 
@@ -79,10 +81,10 @@ def test_predictions_equal_the_evaluation_path(checkpoint, coco_dir, tmp_path):
     files = P.list_images(_copy_images(coco_dir, tmp_path / "images", 2))
     detections = P.load_detections(coco_dir / DETECTIONS)
     sources = P.image_inputs(files, P.assign_image_ids(files), detections)
-    report = P.predict_images(model, sources, tmp_path / "out", P.PredictOptions(batch_size=16))
+    report = P.predict_images(model, COCO_KEYPOINTS, sources, tmp_path / "out", P.PredictOptions(batch_size=16))
     assert {p.image_id for p in report.people} == {785, 40083}
     for source in sources:
-        reference = predict_boxes(model, read_image_rgb(source.path), source.boxes)
+        reference = predict_boxes(model, read_image_rgb(source.path), source.boxes, COCO_KEYPOINTS)
         people = [p for p in report.people if p.image_id == source.image_id]
         results = [r for r in report.results if r["image_id"] == source.image_id]
         for person, result in zip(people, results):
@@ -125,10 +127,12 @@ def test_arch_for_a_checkpoint_without_model_card(checkpoint, coco_dir, tmp_path
     shutil.copy(checkpoint, bare)
     with pytest.raises(SystemExit, match="model.json"):
         main(["predict", "--model", str(bare), "--images", str(_images(coco_dir)[0]), "--out", str(tmp_path / "o")])
-    card = P.card_for_checkpoint(bare, "transpose_r_tiny", None)
+    card = card_for_weights(bare, "transpose_r_tiny", COCO_KEYPOINTS)
     assert (card.num_keypoints, tuple(card.image_size)) == (17, (128, 96))
+    with pytest.raises(ValueError, match="predicts 17 heatmaps but the keypoint set 'mpii' has 16"):
+        card_for_weights(bare, "transpose_r_tiny", MPII)
     image, out = _images(coco_dir)[0], tmp_path / "out"
-    argv = ["--model", str(bare), "--arch", "transpose_r_tiny", "--image-size", "128", "96"]
+    argv = ["--model", str(bare), "--arch", "transpose_r_tiny", "--keypoints", "coco", "--image-size", "128", "96"]
     assert main(["predict", *argv, "--images", str(image), "--out", str(out)]) == 0
     assert len(json.loads((out / "results.json").read_text())) == 1
 
@@ -146,7 +150,7 @@ def test_arch_for_a_checkpoint_without_model_card(checkpoint, coco_dir, tmp_path
 def test_clear_errors(checkpoint, coco_dir, tmp_path, monkeypatch, change, message):
     (tmp_path / "EMPTY").mkdir()
     (tmp_path / "not_a_list.json").write_text('{"annotations": []}')
-    monkeypatch.setitem(sys.modules, "pipelines.registry", None)  # as without mlflow: the import fails
+    monkeypatch.setitem(sys.modules, "mlops.registry", None)  # as without mlflow: the import fails
     args = {"--model": str(checkpoint), "--images": str(_images(coco_dir)[0]), "--out": str(tmp_path / "out")}
     for key, value in change.items():
         lookup = {"EMPTY": tmp_path / "EMPTY", "NOT_A_LIST": tmp_path / "not_a_list.json"}

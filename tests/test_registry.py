@@ -12,8 +12,9 @@ import torch
 
 mlflow = pytest.importorskip("mlflow")
 
-from pipelines import registry  # noqa: E402
-from pipelines.registry import EvalData, RegistryError, load_registered_model, promote  # noqa: E402
+from mlops import registry  # noqa: E402
+from mlops.registry import EvalData, RegistryError, load_registered_model, promote  # noqa: E402
+from transpose.keypoints import COCO  # noqa: E402
 from transpose.models import ModelCard  # noqa: E402
 
 IMAGE_SIZE = (128, 96)
@@ -42,7 +43,7 @@ def _log_run(model: torch.nn.Module, folder: Path, experiment_id: str, log_model
 
     folder.mkdir(parents=True)
     torch.save(model.state_dict(), folder / "best.pth")
-    ModelCard("transpose_r_tiny", 17, IMAGE_SIZE, dataset="coco").write(folder / "model.json")
+    ModelCard("transpose_r_tiny", IMAGE_SIZE, COCO, "coco").write(folder / "model.json")
     with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.log_artifact(str(folder / "best.pth"))
         mlflow.log_artifact(str(folder / "model.json"))
@@ -124,13 +125,14 @@ def test_champion_loads_back_as_transpose_and_as_exported_graph(store):
     x = torch.randn(2, 3, *IMAGE_SIZE)
     with torch.no_grad():
         expected = store.model_a(x)
-        model = load_registered_model(f"models:/{name}@champion")
+        model, card = load_registered_model(f"models:/{name}@champion")
         assert type(model) is type(store.model_a) and not model.training
+        assert card.keypoints == COCO and tuple(card.image_size) == IMAGE_SIZE  # the run's model card
         torch.testing.assert_close(model(x), expected)
         assert hasattr(model, "global_encoder")  # the real module (attention for explain), not a GraphModule
         graph = mlflow.pytorch.load_model(f"models:/{name}@champion")
         torch.testing.assert_close(graph(x[:1]), expected[:1], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(load_registered_model(f"models:/{name}/{version}")(x), expected)
+    torch.testing.assert_close(load_registered_model(f"models:/{name}/{version}")[0](x), expected)
     with pytest.raises(RegistryError, match="no registered model 'nope'.*registered: .*t-load"):
         load_registered_model("models:/nope@champion")
     with pytest.raises(RegistryError, match="no alias 'staging'.*aliases: champion"):
@@ -156,7 +158,7 @@ def test_holder_on_other_data_is_re_evaluated_or_the_promotion_refused(store):
 
     def evaluate(version: registry.VersionRecord, data: EvalData) -> dict[str, float]:
         calls.append((version.version, data.fingerprint))
-        return heat_score(load_registered_model(version.uri), data)
+        return heat_score(load_registered_model(version.uri)[0], data)
 
     decision = promote(name, candidate, evaluate=evaluate)
     holder_on_new = heat_score(store.model_a, new)["AP"]
@@ -212,18 +214,25 @@ def test_alias_left_on_a_worse_model_is_repaired(store):
     assert repair.moved and repair.reason.startswith("repair") and (repair.candidate, repair.holder) == (best, worse)
 
 
-def test_cli_registers_promotes_and_prints_the_history(store, tmp_path, capsys):
-    from pipelines.promote import run
-    from transpose.cli import main
+def test_cli_registers_promotes_and_prints_the_history(store, tmp_path, capsys, monkeypatch):
+    from cli.main import main
+    from pipelines import promote as stage
 
     data = _data(store.root, "a", 0)
-    info = tmp_path / "mlflow_run.json"
-    info.write_text(json.dumps({"run_id": store.run_a, "model_uri": store.model_uri, "tracking_uri": "unused"}))
-    (tmp_path / "coco.json").write_text(json.dumps({"pretrain": {"AP": 0.25, "AR": 0.3}}))
-    flags = ["--dataset", "coco", "--split", "val", "--shards", data.shards, "--annotations", data.annotations]
-    flags += ["--params", str(tmp_path / "none.yaml")]
-    register = ["promote", "--run-info", str(info), "--metrics", str(tmp_path / "coco.json"), "--name", "t-cli"]
-    assert main([*register, *flags]) == 0
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "mlflow_run.json").write_text(json.dumps({"run_id": store.run_a, "model_uri": store.model_uri,
+                                                     "tracking_uri": "unused"}))  # fmt: skip
+    ModelCard("transpose_r_tiny", IMAGE_SIZE, COCO, "coco").write(run / "model.json")
+    evaluation = tmp_path / "pretrain_evaluation.json"  # as the evaluation stage writes it
+    where = {"shards": data.shards, "split": "val", "ground_truth": data.annotations, "fingerprint": data.fingerprint}
+    evaluation.write_text(json.dumps({
+        "run": str(run), "dataset_kind": "coco", "gate_metric": "AP", "metrics": {"AP": 0.25, "AR": 0.3}, "data": where,
+    }))  # fmt: skip
+    register = ["promote", "--run", str(run), "--evaluation", str(evaluation), "--name", "t-cli"]
+    assert main(register) == 0
+    version = registry.get_version("t-cli", 1)
+    assert version.card["keypoints"]["names"] == list(COCO.names) and version.data.fingerprint == data.fingerprint
     assert main(["promote", "--name", "t-cli", "--version", "1"]) == 0
     assert main(["promote", "--history", "t-cli"]) == 0
     table = capsys.readouterr().out.splitlines()[-3:]
@@ -234,18 +243,26 @@ def test_cli_registers_promotes_and_prints_the_history(store, tmp_path, capsys):
     assert "no registered model 't-nope'" in capsys.readouterr().err
     assert main(["promote", "--name", "t-cli", "--version", "1", "--metric", "PCKh"]) == 2
     assert "no metric 'PCKh'" in capsys.readouterr().err
+    assert main(["promote", "--name", "t-cli", "--run", str(run)]) == 2
+    assert "--run needs --evaluation" in capsys.readouterr().err
 
     # the DVC stage: one model registered and promoted, one skipped (trained with --no-mlflow)
-    entry = {"metrics": str(tmp_path / "coco.json"), "entry": "pretrain", "metric": "AP", "dataset": "coco"}
-    entry.update(split="val", shards=data.shards, annotations=data.annotations)
-    section = {"alias": "champion", "out": str(tmp_path / "promote.json"), "models": {}}
-    section["models"]["t-stage"] = {**entry, "run_info": str(info)}
-    section["models"]["t-skip"] = {**entry, "run_info": str(tmp_path / "absent.json")}
+    skipped = tmp_path / "untracked_run"
+    ModelCard("transpose_r_tiny", IMAGE_SIZE, COCO, "coco").write(skipped / "model.json")
+    section = {"alias": "champion", "decisions": str(tmp_path / "decisions.json"), "models": {
+        "t-stage": {"run": str(run), "evaluation": str(evaluation)},
+        "t-skip": {"run": str(skipped), "evaluation": str(evaluation)},
+    }}  # fmt: skip
     (tmp_path / "params.yaml").write_text(json.dumps({"promote": section}))
-    run("promote", tmp_path / "params.yaml")
-    report = json.loads((tmp_path / "promote.json").read_text())["models"]
+    monkeypatch.setattr("sys.argv", ["promote", "--params", str(tmp_path / "params.yaml"), "--no-mlflow"])
+    stage.main()
+    report = json.loads((tmp_path / "decisions.json").read_text())["models"]
     assert report["t-stage"]["moved"] and report["t-stage"]["candidate_value"] == 0.25
     assert "--no-mlflow" in report["t-skip"]["skipped"]
+    section["models"]["t-stage"]["evaluation"] = str(tmp_path / "absent.json")
+    (tmp_path / "params.yaml").write_text(json.dumps({"promote": section}))
+    with pytest.raises(SystemExit, match="absent.json is missing: run the evaluation stage"):
+        stage.main()
 
 
 def test_lock_beside_the_store_or_where_told(monkeypatch, tmp_path):

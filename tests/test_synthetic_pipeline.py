@@ -16,7 +16,10 @@ from dataops.loaders.dali_loader import DaliLoader
 from dataops.loaders.torch_loader import TwinLoader
 from dataops.shards import ShardConfig, write_shards
 from dataops.synthetic import SyntheticConfig, generate
+from transpose.codec import HeatmapCodec
 from transpose.keypoints import COCO, MPII
+
+CODEC = HeatmapCodec(input_size=(96, 128), heatmap_size=(24, 32))  # a 128x96 model's
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,7 @@ def synthetic(tmp_path_factory) -> Path:
 def test_both_loaders_read_every_sample_with_correct_geometry(synthetic, split, kset):
     manifest_samples = sum(1 for _ in (synthetic / "shards").glob(f"{split}-*.tar"))
     assert manifest_samples >= 1
-    config = LoaderConfig(input_size=(128, 96), batch_size=8, workers=1, keypoint_set=kset, seed=3)
+    config = LoaderConfig(input_size=(128, 96), batch_size=8, workers=1, seed=3)
     loaders = {
         "dali": DaliLoader(synthetic / "shards", split, config),
         "twin": TwinLoader(synthetic / "shards", split, replace(config, workers=0)),
@@ -66,7 +69,7 @@ def test_both_loaders_read_every_sample_with_correct_geometry(synthetic, split, 
             back = torch.linalg.solve(linear, (joints.double() - shift[:, None]).transpose(1, 2)).transpose(1, 2)
             assert torch.allclose(back[visible > 0], stored[visible > 0], atol=1e-2)
             # every target peaks on its joint (heatmap pixels), where the joint is on the map
-            targets, weights, joints_hm = make_targets(batch, kset, config.input_size)
+            targets, weights, joints_hm = make_targets(batch, kset, CODEC)
             peaks = targets.flatten(2).argmax(-1)
             hm_w, hm_h = 24, 32
             inside = (weights > 0) & (joints_hm[..., 0].round() >= 0) & (joints_hm[..., 0].round() < hm_w)

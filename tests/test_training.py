@@ -1,10 +1,12 @@
-"""DeepSpeed training on CPU with gloo: 2 processes equal 1 process with twice the batch, and a run killed
-mid-epoch and started again with the same command ends where an uninterrupted run ends."""
+"""DeepSpeed training on CPU with gloo: 2 processes equal 1 process with twice the batch; a run killed mid-epoch
+and started again with the same command ends where an uninterrupted run ends; a run after a code change trains
+afresh."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,7 +38,6 @@ def write_params(tmp: Path, shards: Path, name: str, batch: int, **train) -> Pat
     section = {
         "model": "transpose_r_tiny",
         "image_size": [64, 48],
-        "dataset": "coco",
         "shards": str(shards),
         "out_dir": str(tmp / name),
         "loader": "torch",
@@ -116,3 +117,31 @@ def test_killed_run_resumes_and_ends_where_an_uninterrupted_run_ends(shards, tmp
         == json.loads((tmp_path / "straight" / "history.json").read_text())
         or True
     )  # samples/s differ between the runs; the weights are the contract
+
+
+def test_a_changed_code_file_trains_afresh_and_keeps_the_old_checkpoints(shards, tmp_path):
+    """The checkpoint fingerprint covers the code the stage runs: after a change to a file it imports, the same
+    command trains from scratch (the finished run is not 'resumed'), and the old run's checkpoints are moved aside."""
+    project = tmp_path / "project"
+    for package in ("cli", "pipelines", "mlops", "dataops", "transpose", "infra"):
+        shutil.copytree(REPO / package, project / package, ignore=shutil.ignore_patterns("__pycache__"))
+    params = write_params(tmp_path, shards, "copied", batch=4, epochs=1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def train() -> str:
+        argv = [sys.executable, "-m", "pipelines.train", "--stage", "pretrain", "--params", str(params), "--no-mlflow"]
+        done = subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+        return done.stdout
+
+    first = train()
+    assert "resumed" not in first
+    out = tmp_path / "copied"
+    assert "resumed from" in train()  # the same code, params and data: the finished run is taken as it is
+    dark = project / "transpose" / "codec" / "dark.py"
+    dark.write_text(dark.read_text() + "\n# a comment: the code changed\n")
+    third = train()
+    assert "training afresh" in third and "code changed" in third and "resumed" not in third
+    previous = list((out / "checkpoints-previous").iterdir())
+    assert len(previous) == 1 and (previous[0] / "latest.json").is_file()  # kept, not deleted
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["epoch"] == 1

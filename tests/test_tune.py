@@ -1,7 +1,7 @@
-"""Ray Tune over the project's DeepSpeed training (pipelines/tune.py): a sweep on a real 2-node Ray cluster
-(two network namespaces joined by a veth pair) whose trials are 2-worker TorchTrainers, each trial an MLflow
-run nested under the sweep's; a sweep killed mid-trial that the same command resumes without retraining
-its finished trial (both slow); and quick checks of the settings, the best-params file and infra/ray/."""
+"""Ray Tune over the project's DeepSpeed training (pipelines/tune.py, mlops/tuning): a sweep on a real 2-node
+Ray cluster (two network namespaces joined by a veth pair) whose trials are 2-worker TorchTrainers, each trial
+an MLflow run nested under the sweep's; a sweep killed mid-trial that the same command resumes without
+retraining its finished trial (both slow); and quick checks of the settings, the best-params file, infra/ray/."""
 
 from __future__ import annotations
 
@@ -26,16 +26,10 @@ from test_training import shards, write_params  # noqa: F401  (the fixture data'
 from dataops.augment import AugmentConfig
 from dataops.datasets import read_coco_keypoints
 from dataops.shards import ShardConfig, write_shards
-from pipelines.tune import (
-    TuneSettings,
-    best_trial,
-    check_keys,
-    search_space,
-    trial_section,
-    tune_metrics,
-    tune_name,
-    write_best_params,
-)
+from mlops.tuning.settings import TuneSettings, check_keys, search_space, trial_section, tune_metrics, tune_name
+from mlops.tuning.sweep import best_trial, write_best_params
+from pipelines.params import ParamsError, parse_section
+from pipelines.train import TrainSection
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -45,20 +39,19 @@ SPACE = {"train.lr": {"loguniform": [3e-4, 3e-3]}, "train.warmup_steps": {"choic
 
 @pytest.fixture(scope="module")
 def tune_shards(shards, realdata) -> Path:  # noqa: F811
-    """The train shards plus a val_gt split of the same people (no augmentation)."""
-    records, report, kset = read_coco_keypoints(realdata / "coco" / "test_coco.json", realdata / "coco")
+    """The train shards plus a val split of the same people (no augmentation), scored against their file."""
+    ann = realdata / "coco" / "test_coco.json"
+    records, report, kset = read_coco_keypoints(ann, realdata / "coco")
     config = ShardConfig(augment=AugmentConfig(enabled=False), workers=1)
-    write_shards(records, kset, shards, "val_gt", config, report, progress=False)
+    write_shards(records, kset, shards, "val", config, report, progress=False, ground_truth=ann)
     return shards
 
 
 def sweep_params(tmp: Path, shard_dir: Path, realdata: Path, **tune) -> Path:
-    """A params file: the tiny pretrain section of test_training (validated on val_gt) and a tune section."""
+    """A params file: the tiny pretrain section of test_training (validated on val) and a tune section."""
     path = write_params(tmp, shard_dir, "base", batch=2, epochs=2)
     params = yaml.safe_load(path.read_text())
-    params["pretrain"].update(
-        validate=True, val_split="val_gt", val_annotations=str(realdata / "coco" / "test_coco.json")
-    )
+    params["pretrain"].update(validate=True, val_split="val")
     params["tune"] = {
         "stage": "pretrain",
         "name": "sweep",
@@ -141,14 +134,12 @@ def mlflow_runs(tmp: Path) -> list:
 
 def check_best_params(params: Path, trial_configs: list[dict]) -> dict:
     """best_params_out is {pretrain: section}: the base section with one trial's sampled values."""
-    from pipelines.train import train_config
-
     tune = yaml.safe_load(params.read_text())["tune"]
     base = yaml.safe_load(params.read_text())["pretrain"]
     best = yaml.safe_load(Path(tune["best_params_out"]).read_text())
     assert list(best) == ["pretrain"]
     section = best["pretrain"]
-    train_config(section, "pretrain")  # a valid stage section
+    parse_section(TrainSection, section, "pretrain")  # a valid stage section
     assert {k: v for k, v in section.items() if k != "train"} == {k: v for k, v in base.items() if k != "train"}
     sampled = {f"train.{k}": section["train"][k] for k in ("lr", "warmup_steps")}
     assert sampled in trial_configs
@@ -348,19 +339,20 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tag, ray_tmp, tu
 # ---- quick checks ----------------------------------------------------------------------------------------
 def test_settings_are_checked():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    settings = TuneSettings.from_section(params["tune"])
+    settings = parse_section(TuneSettings, params["tune"], "tune")
     check_keys(params[settings.stage], [*settings.space, *settings.overrides], settings.stage)
-    for bad in (
-        {"space": SPACE, "num_sample": 2},  # a typo
-        {"space": SPACE, "scheduler": {"type": "hyperband"}},
-        {"space": {"train.lr": {"loguniform": [1e-4]}}},
-        {"space": {"train.lr": [1e-4, 1e-3]}},
-        {"space": {}},
+    for bad, key in (
+        ({"space": SPACE, "num_sample": 2}, "tune.num_sample"),  # a typo
+        ({"space": SPACE, "scheduler": {"type": "hyperband"}}, "tune.scheduler.type"),
+        ({"space": {"train.lr": {"loguniform": [1e-4]}}}, "tune.space"),
+        ({"space": {"train.lr": [1e-4, 1e-3]}}, "tune.space"),
+        ({"space": {}}, "tune.space"),
+        ({"space": SPACE, "num_samples": 0}, "tune.num_samples"),
     ):
-        with pytest.raises(SystemExit):
-            TuneSettings.from_section(bad)
+        with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
+            parse_section(TuneSettings, bad, "tune")
     for key in ("train.lrr", "batchsize", "loader.kind"):
-        with pytest.raises(SystemExit, match=key):
+        with pytest.raises(ValueError, match=key):
             check_keys(params["pretrain"], [key], "pretrain")
 
 
@@ -410,7 +402,6 @@ def test_infra_ray_files():
     job = yaml.safe_load((REPO / "infra" / "ray" / "rayjob.yaml").read_text())
     assert job["kind"] == "RayJob" and "python -m pipelines.tune" in job["spec"]["entrypoint"]
     assert yaml.safe_load((REPO / "infra" / "ray" / "raycluster.yaml").read_text())["kind"] == "RayCluster"
-    stage = yaml.safe_load((REPO / "infra" / "ray" / "dvc.yaml").read_text())["stages"]["tune"]
-    assert stage["cmd"] == "python -m pipelines.tune" and "tune" in stage["params"]
+    assert not (REPO / "infra" / "ray" / "dvc.yaml").exists()  # a sweep is no DAG stage: `dvc status` stays clean
     root = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert not any("pipelines.tune" in s["cmd"] for s in root.values())  # plain `dvc repro` starts no sweep

@@ -12,8 +12,8 @@ from dataops.datasets import read_coco_keypoints
 from dataops.loaders import LoaderConfig
 from dataops.loaders.dali_loader import DaliLoader
 from dataops.shards import ShardConfig, write_shards
-from transpose.engine.validation import coco_scorer, gather_predictions, predict
-from transpose.evaluation import load_coco_ground_truth
+from transpose.engine.validation import gather_predictions, predict
+from transpose.evaluation.protocols import dataset_kind
 from transpose.keypoints import COCO
 from transpose.models import create_model
 
@@ -32,7 +32,7 @@ def test_predictions_are_in_image_coordinates_and_scored(val_shards, realdata):
     config = LoaderConfig(
         input_size=(128, 96), batch_size=5, augment=AugmentConfig(enabled=False), shuffle=False, workers=1
     )
-    preds = gather_predictions(predict(model, DaliLoader(val_shards, "val", config), COCO, (128, 96)))
+    preds = gather_predictions(predict(model, DaliLoader(val_shards, "val", config), COCO, model.data_config.codec()))
     assert preds["keypoints"].shape == (12, 17, 2) and len(set(preds["ann_ids"].tolist())) == 12  # padding dropped
     # predicted joints lie in their person's crop window, in image pixels (random weights give flat heatmaps,
     # on which DARK's Newton step, as in the reference, can shoot off: only the argmax-like majority is checked)
@@ -45,7 +45,7 @@ def test_predictions_are_in_image_coordinates_and_scored(val_shards, realdata):
         ]
     )
     assert np.isfinite(ratios).all() and np.mean(ratios <= 1.01) > 0.9
-    metrics, results = coco_scorer(load_coco_ground_truth(realdata / "coco" / "test_coco.json"))(preds)
+    metrics, results = dataset_kind("coco").scorer(realdata / "coco" / "test_coco.json", COCO)(preds)
     assert set(metrics) >= {"AP", "AR"} and 0.0 <= metrics["AP"] <= 1.0
     assert results and all(len(r["keypoints"]) == 51 for r in results)
     assert np.allclose(sorted(preds["box_scores"]), 1.0)  # GT boxes score 1

@@ -4,8 +4,9 @@ For a keypoint predicted at token i, its dependency area in a layer is the row A
 head-averaged attention (what the keypoint looks at), and the affected area of location j is the column
 A[:, j] (which locations it influences). Entries below a threshold delta are cut: J = {j | A[i, j] >= delta}.
 Figures follow the paper's Fig. 6/7: delta 0.00075 for TransPose-H and 0.01 for TransPose-R, maps upsampled
-bilinearly by the stride to the crop, keypoints mapped from heatmap coordinates p to input pixels as
-p*4 + 0.5 and to tokens by integer division by the stride.
+bilinearly by the stride to the crop, and a keypoint's token found by the reference's visualisation rule
+(`HeatmapCodec.visual_pixel`: heatmap p -> input pixel p * 4 + 0.5, then // the token stride). Keypoints are
+drawn where the codec decodes them in the crop.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from transpose.codec import decode_heatmaps
+from transpose.codec import HeatmapCodec
 from transpose.figures import pyplot, save_figure
 from transpose.keypoints import KeypointSet
 
@@ -45,21 +46,26 @@ class AttentionAreas:
 
 
 def keypoint_tokens(
-    keypoints_hm: np.ndarray, token_grid: tuple[int, int], stride: int, heatmap_stride: int = 4
+    keypoints_hm: np.ndarray, token_grid: tuple[int, int], stride: int, codec: HeatmapCodec
 ) -> np.ndarray:
-    """Token index of each keypoint [K, 2] given in heatmap coordinates."""
+    """Token index of each keypoint [K, 2] given in heatmap coordinates (the reference's visualisation rule)."""
     h, w = token_grid
-    pixels = np.asarray(keypoints_hm, dtype=np.float64) * heatmap_stride + 0.5
+    pixels = codec.visual_pixel(keypoints_hm)
     cols = np.clip((pixels[:, 0] // stride).astype(np.int64), 0, w - 1)
     rows = np.clip((pixels[:, 1] // stride).astype(np.int64), 0, h - 1)
     return rows * w + cols
 
 
 def attention_areas(
-    attentions: list[torch.Tensor], keypoints_hm: np.ndarray, token_grid: tuple[int, int], stride: int, threshold: float
+    attentions: list[torch.Tensor],
+    keypoints_hm: np.ndarray,
+    token_grid: tuple[int, int],
+    stride: int,
+    threshold: float,
+    codec: HeatmapCodec,
 ) -> AttentionAreas:
     """Areas of one sample from its per-layer maps (each [L, L] or [1, L, L])."""
-    tokens = keypoint_tokens(keypoints_hm, token_grid, stride)
+    tokens = keypoint_tokens(keypoints_hm, token_grid, stride, codec)
     h, w = token_grid
     maps = torch.stack([a.reshape(a.shape[-2], a.shape[-1]) for a in attentions]).float().cpu().numpy()  # [N, L, L]
     dependency = maps[:, tokens, :]  # rows: what each keypoint attends to
@@ -71,18 +77,19 @@ def attention_areas(
 
 @torch.no_grad()
 def explain_crop(model: torch.nn.Module, crop: torch.Tensor, threshold: float | None = None):
-    """Run the attention path on one normalised crop [3, h, w].
+    """Run the attention path on one normalised crop [3, h, w] of the model's input size.
 
-    Returns (areas, keypoints_hm [K, 2], scores [K]); keypoints are decoded with DARK.
+    Returns (areas, keypoints [K, 2] in crop pixels, scores [K]); keypoints are decoded with DARK.
     """
     model.eval()
+    codec = model.data_config.codec()
     heatmaps, attentions = model(crop[None], return_attention=True)
-    coords, maxvals = decode_heatmaps(heatmaps.float().cpu().numpy())
+    coords_hm, scores = codec.decode_heatmap_coords(heatmaps.float().cpu().numpy())
     h, w = crop.shape[-2:]
     grid = (h // model.stride, w // model.stride)
     delta = default_threshold(model.stride) if threshold is None else threshold
-    areas = attention_areas([a[0] for a in attentions], coords[0], grid, model.stride, delta)
-    return areas, coords[0], maxvals[0, :, 0]
+    areas = attention_areas([a[0] for a in attentions], coords_hm[0], grid, model.stride, delta, codec)
+    return areas, codec.heatmap_to_crop(coords_hm[0]), scores[0]
 
 
 def draw_skeleton(

@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import torch
 
-from transpose.codec import HeatmapCodec, flip_test
+from transpose.codec import flip_test
 from transpose.geometry import box_to_center_scale, get_affine_transform
-from transpose.keypoints import COCO, MPII, KeypointSet
+from transpose.keypoints import KeypointSet
 
 
 def read_image_rgb(path: str | Path) -> np.ndarray:
@@ -23,16 +23,6 @@ def read_image_rgb(path: str | Path) -> np.ndarray:
     if image is None:
         raise ValueError(f"cannot decode image {path}: missing, truncated or not an image file")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def keypoint_set_for(num_keypoints: int) -> KeypointSet:
-    """COCO for 17 keypoints, MPII for 16, else a nameless set without flip pairs."""
-    if num_keypoints == COCO.num_keypoints:
-        return COCO
-    if num_keypoints == MPII.num_keypoints:
-        return MPII
-    names = tuple(f"kp{i}" for i in range(num_keypoints))
-    return KeypointSet(name=f"custom{num_keypoints}", names=names, flip_pairs=(), skeleton=())
 
 
 def crop(image_rgb: np.ndarray, center, scale, image_size_hw: tuple[int, int], rotation: float = 0.0) -> np.ndarray:
@@ -90,14 +80,14 @@ def predict_boxes(
     model: torch.nn.Module,
     image_rgb: np.ndarray,
     boxes,
-    keypoint_set: KeypointSet | None = None,
+    keypoint_set: KeypointSet,
     flip: bool = True,
     dark: bool = True,
     batch_size: int = 32,
 ) -> Prediction:
-    """Pose of each [x, y, w, h] box of one image, in image coordinates."""
+    """Pose of each [x, y, w, h] box of one image, in image coordinates (`keypoint_set`: the model's, from its
+    card; its flip pairs drive the flip test)."""
     cfg = model.data_config
-    keypoint_set = keypoint_set or keypoint_set_for(cfg.num_keypoints)
     centers, scales, crops = person_crops(image_rgb, boxes, cfg.image_size)
     hm_h, hm_w = cfg.heatmap_size
     heatmaps = [
@@ -105,5 +95,5 @@ def predict_boxes(
         for start in range(0, len(crops), batch_size)
     ]
     heatmaps = np.concatenate(heatmaps) if heatmaps else np.zeros((0, cfg.num_keypoints, hm_h, hm_w), np.float32)
-    keypoints, scores = HeatmapCodec.for_model(cfg.image_size).decode(heatmaps, centers, scales, dark=dark)
+    keypoints, scores = cfg.codec().decode(heatmaps, centers, scales, dark=dark)
     return Prediction(keypoints, scores, heatmaps, centers, scales)

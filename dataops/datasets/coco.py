@@ -29,8 +29,11 @@ def _load(path: Path, what: str):
         raise CocoFormatError(f"{path} is not valid JSON ({err}); expected a COCO {what}") from err
 
 
-def load_keypoint_file(ann_file: str | Path) -> tuple[dict, KeypointSet]:
-    """Parse and check the top level of a COCO keypoint file; returns (data, keypoint set)."""
+def load_keypoint_file(ann_file: str | Path, sigmas=None) -> tuple[dict, KeypointSet]:
+    """Parse and check the top level of a COCO keypoint file; returns (data, its keypoint set).
+
+    The keypoint set is the file's first keypoint category (`from_coco_category`; `sigmas` for a set that is
+    not COCO's and whose file gives none)."""
     ann_file = Path(ann_file)
     data = _load(ann_file, "keypoint annotation file")
     if not isinstance(data, dict) or not all(
@@ -40,7 +43,7 @@ def load_keypoint_file(ann_file: str | Path) -> tuple[dict, KeypointSet]:
     categories = [c for c in data["categories"] if isinstance(c, dict) and c.get("keypoints")]
     if not categories:
         raise CocoFormatError(f"{ann_file}: no category lists 'keypoints' names; is this a keypoint file?")
-    return data, from_coco_category(categories[0])
+    return data, from_coco_category(categories[0], sigmas, where=f"{ann_file}: categories")
 
 
 def _image_table(data: dict, ann_file: Path, image_dir: Path, report: SkipReport) -> dict[int, dict]:
@@ -58,7 +61,7 @@ def _image_table(data: dict, ann_file: Path, image_dir: Path, report: SkipReport
 
 
 def read_coco_keypoints(
-    ann_file: str | Path, image_dir: str | Path, aspect_ratio: float = 0.75, key_prefix: str = "c"
+    ann_file: str | Path, image_dir: str | Path, aspect_ratio: float = 0.75, sigmas=None, key_prefix: str = "c"
 ) -> tuple[list[PersonRecord], SkipReport, KeypointSet]:
     """Ground-truth persons, cleaned as the reference does for training and GT-box validation.
 
@@ -66,7 +69,7 @@ def read_coco_keypoints(
     at least one labelled keypoint. Visibility 2 becomes 1. Box score 1.
     """
     ann_file, image_dir = Path(ann_file), Path(image_dir)
-    data, kset = load_keypoint_file(ann_file)
+    data, kset = load_keypoint_file(ann_file, sigmas)
     report = SkipReport()
     images = _image_table(data, ann_file, image_dir, report)
     category_ids = {c["id"] for c in data["categories"] if c.get("keypoints")}
@@ -126,12 +129,13 @@ def read_coco_detections(
     image_dir: str | Path,
     aspect_ratio: float = 0.75,
     score_threshold: float = 0.0,
+    sigmas=None,
     key_prefix: str = "d",
 ) -> tuple[list[PersonRecord], SkipReport, KeypointSet]:
     """Persons from a detection results file ([{image_id, category_id, bbox, score}]) over the images of
     `ann_file`, for detected-box validation. Boxes are used as given (no cleaning), as the reference does."""
     ann_file, det_file, image_dir = Path(ann_file), Path(det_file), Path(image_dir)
-    data, kset = load_keypoint_file(ann_file)
+    data, kset = load_keypoint_file(ann_file, sigmas)
     report = SkipReport()
     images = _image_table(data, ann_file, image_dir, report)
     person_ids = {c["id"] for c in data["categories"] if c.get("keypoints")}

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from dataops.augment import AugmentConfig, FixedDraw
-from transpose.codec import gaussian_targets_torch
+from transpose.codec import HeatmapCodec
 from transpose.geometry import affine_points_torch
-from transpose.keypoints import COCO, KeypointSet
+from transpose.keypoints import KeypointSet
 from transpose.models.transpose_net import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -30,7 +30,6 @@ class LoaderConfig:
     input_size: tuple[int, int] = (256, 192)  # (h, w)
     batch_size: int = 32
     augment: AugmentConfig = AugmentConfig()
-    keypoint_set: KeypointSet = COCO
     shuffle: bool = True
     seed: int = 22
     workers: int = 2  # DataLoader workers (twin) or DALI threads
@@ -59,25 +58,16 @@ def crop_joints(batch: dict[str, torch.Tensor], keypoint_set: KeypointSet) -> tu
 
 
 def make_targets(
-    batch: dict[str, torch.Tensor],
-    keypoint_set: KeypointSet,
-    input_size: tuple[int, int],
-    sigma: float = 2.0,
-    stride: int = 4,
+    batch: dict[str, torch.Tensor], keypoint_set: KeypointSet, codec: HeatmapCodec
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gaussian targets [B, K, H, W], weights [B, K] and heatmap joints [B, K, 2] on the batch's device.
 
-    Heatmap coordinates come from crop coordinates by the reference's joint affine at heatmap size, a scaling
-    about the centres by (W-1)/(w-1) (not /4). Padding samples get zero weights.
+    The joints reach the crop through the batch's matrix (left/right swapped for flipped samples), the heatmap
+    through the model's codec (`HeatmapCodec.targets`, the reference's joint affine at heatmap size). Padding
+    samples get zero weights.
     """
-    h, w = input_size
-    hm_h, hm_w = h // stride, w // stride
     joints, visible = crop_joints(batch, keypoint_set)
-    ratio = (hm_w - 1) / (w - 1)
-    crop_centre = joints.new_tensor([(w - 1) / 2, (h - 1) / 2])
-    hm_centre = joints.new_tensor([(hm_w - 1) / 2, (hm_h - 1) / 2])
-    joints_hm = (joints - crop_centre) * ratio + hm_centre
-    heatmaps, weights = gaussian_targets_torch(joints_hm, visible, (hm_w, hm_h), sigma)
+    heatmaps, weights, joints_hm = codec.targets(joints, visible)
     if "valid" in batch:
         weights = weights * batch["valid"][:, None].to(weights)
     return heatmaps, weights, joints_hm

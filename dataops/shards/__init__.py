@@ -1,5 +1,6 @@
-"""WebDataset shards with DALI index files and a manifest."""
+"""WebDataset shards with DALI index files and a manifest that carries the split's facts (kind, keypoints)."""
 
-from dataops.shards.writer import ShardConfig, stored_reach, write_shards
+from dataops.shards.manifest import ManifestError, ShardManifest, read_manifest, stored_reach
+from dataops.shards.writer import ShardConfig, write_shards
 
-__all__ = ["ShardConfig", "stored_reach", "write_shards"]
+__all__ = ["ManifestError", "ShardConfig", "ShardManifest", "read_manifest", "stored_reach", "write_shards"]

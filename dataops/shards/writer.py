@@ -30,6 +30,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tarfile
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -41,9 +42,8 @@ import numpy as np
 
 from dataops.augment import AugmentConfig, half_body_options, sample_region
 from dataops.datasets.records import PersonRecord, SkipReport
+from dataops.shards.manifest import FORMAT_VERSION, manifest_path
 from transpose.keypoints import KeypointSet
-
-FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,12 @@ def _encode_sample(record: PersonRecord, kset: KeypointSet, config: ShardConfig,
         report.add("corrupt image", f"{path} (sample {record.key}): not a complete JPEG")
         return None
     height, width = image.shape[:2]
-    options = half_body_options(record.joints, record.visible, kset.upper_body, config.aspect_ratio)
+    # half-body boxes need the set's body halves (COCO's and MPII's are known; a set of one's own has none)
+    options = (
+        half_body_options(record.joints, record.visible, kset.upper_body, config.aspect_ratio)
+        if kset.upper_body
+        else {}
+    )
     payload, offset = raw, (0, 0)
     if config.store == "region":
         x0, y0, x1, y1 = sample_region(
@@ -170,7 +175,7 @@ def _write_shard(job) -> dict:
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "records": _records_digest(records),
-        "config": config.fingerprint(),
+        "config": _shard_fingerprint(config, kset),
         "skipped": report.as_dict(),
     }
     for path, payload in ((shard_path.with_suffix(".idx"), index.encode()), (shard_path, data)):
@@ -202,7 +207,12 @@ def _records_digest(records: Iterable[PersonRecord]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _finished(shard_path: Path, records: Sequence[PersonRecord], config: ShardConfig) -> dict | None:
+def _shard_fingerprint(config: ShardConfig, kset: KeypointSet) -> str:
+    """What a shard's bytes depend on besides its records: the shard parameters and the keypoint set."""
+    return hashlib.sha256(json.dumps([config.fingerprint(), kset.to_dict()], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _finished(shard_path: Path, records: Sequence[PersonRecord], kset: KeypointSet, config: ShardConfig) -> dict | None:
     done = shard_path.with_suffix(".done.json")
     if not (done.is_file() and shard_path.is_file() and shard_path.with_suffix(".idx").is_file()):
         return None
@@ -210,7 +220,8 @@ def _finished(shard_path: Path, records: Sequence[PersonRecord], config: ShardCo
         summary = json.loads(done.read_text())
     except json.JSONDecodeError:
         return None
-    same = summary.get("records") == _records_digest(records) and summary.get("config") == config.fingerprint()
+    same = summary.get("records") == _records_digest(records)
+    same = same and summary.get("config") == _shard_fingerprint(config, kset)
     return summary if same and shard_path.stat().st_size == summary.get("bytes") else None
 
 
@@ -222,16 +233,25 @@ def write_shards(
     config: ShardConfig = ShardConfig(),
     read_report: SkipReport | None = None,
     progress: bool = True,
+    dataset_kind: str = "coco",
+    ground_truth: str | Path | None = None,
 ) -> dict:
     """Write `records` as `{out_dir}/{split}-NNNNN.tar` (+ `.idx`) and `{out_dir}/{split}-manifest.json`.
 
-    Returns the manifest: counts, bytes and checksums per shard, and the skipped samples by reason (those of
-    reading, `read_report`, and those of sharding).
+    Returns the manifest: the split's dataset kind and keypoint set (`dataops.shards.manifest`), counts, bytes
+    and checksums per shard, and the skipped samples by reason (those of reading, `read_report`, and those of
+    sharding). An evaluation split's `ground_truth` file is copied beside the shards as
+    `{split}-ground_truth{suffix}` and named in the manifest.
     """
     if config.store not in ("region", "image"):
         raise ValueError(f"store must be 'region' or 'image', got {config.store!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    truth = None
+    if ground_truth is not None:
+        truth = out_dir / f"{split}-ground_truth{Path(ground_truth).suffix}"
+        shutil.copyfile(ground_truth, truth.with_name(truth.name + ".partial"))
+        os.replace(truth.with_name(truth.name + ".partial"), truth)
     n = config.samples_per_shard
     chunks = [records[i : i + n] for i in range(0, len(records), n)]
     paths = [out_dir / f"{split}-{i:05d}.tar" for i in range(len(chunks))]
@@ -242,7 +262,7 @@ def write_shards(
     summaries: dict[int, dict] = {}
     todo = []
     for i, (path, chunk) in enumerate(zip(paths, chunks)):
-        kept = _finished(path, chunk, config)
+        kept = _finished(path, chunk, kset, config)
         if kept is not None:
             summaries[i] = kept
         else:
@@ -271,31 +291,22 @@ def write_shards(
     manifest = {
         "format_version": FORMAT_VERSION,
         "split": split,
-        "keypoint_set": kset.name,
-        "num_keypoints": kset.num_keypoints,
+        "dataset_kind": dataset_kind,
+        "keypoints": kset.to_dict(),
+        "ground_truth": truth.name if truth else None,
+        "ground_truth_sha256": hashlib.sha256(truth.read_bytes()).hexdigest() if truth else None,
         "samples": sum(s["samples"] for s in summaries.values()),
         "bytes": sum(s["bytes"] for s in summaries.values()),
         "config": {k: v for k, v in asdict(config).items() if k != "workers"},
         "shards": [{k: summaries[i][k] for k in ("shard", "samples", "bytes", "sha256")} for i in sorted(summaries)],
         "skipped": skipped.as_dict(),
     }
-    (out_dir / f"{split}-manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    path = manifest_path(out_dir, split)
+    path.with_name(path.name + ".partial").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(path.with_name(path.name + ".partial"), path)
     if progress and len(todo) < len(chunks):
         print(f"{split}: kept {len(chunks) - len(todo)} finished shards, wrote {len(todo)}")
     return manifest
-
-
-def stored_reach(shard_dir: str | Path, split: str) -> AugmentConfig | None:
-    """The augmentation a split's stored regions were cut for (its manifest), so that a loader can check that
-    its own stays inside them; None when the shards keep whole images (any augmentation fits). Shards without a
-    manifest are taken to be cut for the default."""
-    path = Path(shard_dir) / f"{split}-manifest.json"
-    if not path.is_file():
-        return AugmentConfig()
-    config = json.loads(path.read_text()).get("config", {})
-    if config.get("store") == "image":
-        return None
-    return AugmentConfig(**config.get("augment", {}))
 
 
 def _progress(total: int, desc: str, initial: int = 0):

@@ -19,6 +19,6 @@ workers stay light.
 from dataops.synthetic.config import SyntheticConfig
 from dataops.synthetic.contact_sheet import contact_sheet
 from dataops.synthetic.scene import Sample, render_sample
-from dataops.synthetic.writer import generate
+from dataops.synthetic.writer import dataset_sources, generate
 
-__all__ = ["Sample", "SyntheticConfig", "contact_sheet", "generate", "render_sample"]
+__all__ = ["Sample", "SyntheticConfig", "contact_sheet", "dataset_sources", "generate", "render_sample"]

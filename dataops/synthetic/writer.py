@@ -326,3 +326,30 @@ def generate(config: SyntheticConfig, out_dir: str | Path, workers: int | None =
                     stale.unlink()
     _write_json(out / "synthetic_summary.json", summary)
     return summary
+
+
+def dataset_sources(config: SyntheticConfig) -> dict:
+    """Where `generate` puts each dataset, as dataset sources (`dataops.datasets.sources`: kind, train and val
+    files, paths relative to the output folder)."""
+    sources = {
+        "coco": {
+            "kind": "coco",
+            "train": {"annotations": "coco/annotations/person_keypoints_train.json", "images": "coco/images/train"},
+            "val": {
+                "annotations": "coco/annotations/person_keypoints_val.json",
+                "images": "coco/images/val",
+                "detections": "coco/person_detection_results/synthetic_val_detections.json",
+            },
+        }
+    }
+    if config.mpii_train or config.mpii_valid:
+        sources["mpii"] = {
+            "kind": "mpii",
+            "train": {"annotations": "mpii/annot/train.json", "images": "mpii/images"},
+            "val": {
+                "annotations": "mpii/annot/valid.json",
+                "images": "mpii/images",
+                "ground_truth": "mpii/annot/gt_valid.mat",
+            },
+        }
+    return sources

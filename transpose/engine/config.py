@@ -24,24 +24,33 @@ class TrainConfig:
     dropout: float | None = None  # None keeps the model's (0.1); 0 for exact multi-process equivalence tests
     checkpoint_every_steps: int = 0  # also save every N optimizer steps (0: epoch ends only)
     keep_checkpoints: int = 2
+    keep_previous_runs: int = 2  # checkpoint folders of earlier runs (another fingerprint) kept aside
     val_every_epochs: int = 1
     flip_test: bool = True
     log_every_steps: int = 10
 
     def __post_init__(self) -> None:
         checks = {
-            "epochs": self.epochs >= 1,
-            "lr": self.lr > 0,
-            "lr_end": 0 <= self.lr_end <= self.lr,
-            "warmup_steps": self.warmup_steps >= 0,
-            "zero_stage": self.zero_stage in (0, 1, 2),
-            "precision": self.precision in ("fp32", "bf16", "fp16"),
-            "val_every_epochs": self.val_every_epochs >= 1,
-            "keep_checkpoints": self.keep_checkpoints >= 1,
+            "epochs": (self.epochs >= 1, "must be at least 1"),
+            "lr": (self.lr > 0, "must be positive"),
+            "lr_end": (0 <= self.lr_end <= self.lr, "must be in [0, lr]"),
+            "warmup_steps": (self.warmup_steps >= 0, "must be at least 0"),
+            "head_lr": (self.head_lr is None or self.head_lr > 0, "must be positive (or null)"),
+            "weight_decay": (self.weight_decay >= 0, "must be at least 0"),
+            "sigma": (self.sigma > 0, "must be positive"),
+            "zero_stage": (self.zero_stage in (0, 1, 2), "must be 0, 1 or 2"),
+            "precision": (self.precision in ("fp32", "bf16", "fp16"), "must be fp32, bf16 or fp16"),
+            "grad_clip": (self.grad_clip >= 0, "must be at least 0 (0: off)"),
+            "dropout": (self.dropout is None or 0 <= self.dropout < 1, "must be in [0, 1) (or null)"),
+            "checkpoint_every_steps": (self.checkpoint_every_steps >= 0, "must be at least 0 (0: epoch ends)"),
+            "keep_checkpoints": (self.keep_checkpoints >= 1, "must be at least 1"),
+            "keep_previous_runs": (self.keep_previous_runs >= 0, "must be at least 0"),
+            "val_every_epochs": (self.val_every_epochs >= 1, "must be at least 1"),
+            "log_every_steps": (self.log_every_steps >= 1, "must be at least 1"),
         }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"bad training config value(s): {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+        for key, (ok, rule) in checks.items():
+            if not ok:
+                raise ValueError(f"{key}: {rule}, got {getattr(self, key)!r}")
 
     def lr_factor(self, step: int, steps_per_epoch: int) -> float:
         """Multiplier of each group's base lr at an optimizer step: warm-up, then cosine by epoch."""

@@ -1,9 +1,9 @@
 """DeepSpeed training of a TransPose model, from one process to many nodes, resumable at any point.
 
-Runbook (the pipelines call this; the same command resumes a killed run):
-    one process (CPU, gloo):   python -m pipelines.train_coco
-    N local processes:         torchrun --nproc_per_node N -m pipelines.train_coco
-                               deepspeed --num_gpus N --no_ssh --node_rank 0 pipelines/train_coco.py
+Runbook (the training stages call this; the same command resumes a killed run):
+    one process (CPU, gloo):   python -m pipelines.train --stage pretrain
+    N local processes:         torchrun --nproc_per_node N -m pipelines.train --stage pretrain
+                               deepspeed --num_gpus N --no_ssh --node_rank 0 pipelines/train.py --stage pretrain
     several nodes:             see infra/README.md (hostfile, SLURM)
 
 The trainer imports torch and deepspeed only and takes everything else as arguments: a resumable train
@@ -15,12 +15,16 @@ optionally `on_epoch_end(record)`, which every rank calls after the epoch's chec
 Checkpoints (`out_dir/checkpoints/TAG/`): DeepSpeed's model/optimizer/scheduler files plus one `rank{r}.pt`
 per rank (loader position, RNG states). `checkpoints/latest.json` names the newest complete checkpoint and is
 replaced atomically after every rank has finished writing, so a crash during a save leaves the previous one
-in force. The best model by the gate metric is exported as a bare state_dict (`best.pth`), loadable like the
+in force. A checkpoint is resumed only by a run of the same `fingerprint` (the caller's identity of the run:
+its configuration, data, code); the checkpoints of a run of another fingerprint are moved aside to
+`out_dir/checkpoints-previous/<fingerprint hash>/` (the newest `keep_previous_runs` are kept), never deleted
+on the spot. The best model by the gate metric is exported as a bare state_dict (`best.pth`), loadable like the
 reference's `model_best.pth`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -176,10 +180,12 @@ class Trainer:
         latest = broadcast_object(self._latest())
         if latest is None:
             return False
-        if latest.get("fingerprint") != self.fingerprint:  # another configuration: its state is not ours
+        if latest.get("fingerprint") != self.fingerprint:  # another run: its state is not ours
             if is_main():
-                print(f"{self.ckpt_dir} holds checkpoints of another configuration: starting afresh")
-                shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+                moved = self._move_aside(latest.get("fingerprint", ""))
+                changed = ", ".join(changed_parts(latest.get("fingerprint", ""), self.fingerprint))
+                print(f"{self.ckpt_dir} holds checkpoints of another run ({changed} changed): training afresh; "
+                      f"they are kept in {moved}")  # fmt: skip
             barrier()
             return False
         if latest["world_size"] != self.world_size:
@@ -198,6 +204,20 @@ class Trainer:
         if is_main():
             print(f"resumed from {self.ckpt_dir / latest['tag']} (epoch {self.epoch}, step {self.step_in_epoch})")
         return True
+
+    def _move_aside(self, fingerprint: str) -> Path:
+        """Move the checkpoints of another run to checkpoints-previous/<its hash>/, keeping the newest few."""
+        previous = self.out_dir / "checkpoints-previous"
+        previous.mkdir(exist_ok=True)
+        target = previous / hashlib.sha256(fingerprint.encode()).hexdigest()[:12]
+        if target.exists():  # the same earlier run again: keep its newer state
+            shutil.rmtree(target)
+        os.replace(self.ckpt_dir, target)
+        kept = sorted(previous.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in kept[self.config.keep_previous_runs :]:
+            print(f"removing the checkpoints of an older run, {old} (train.keep_previous_runs)")
+            shutil.rmtree(old, ignore_errors=True)
+        return target
 
     def export(self, name: str) -> Path:
         """Bare fp32 state_dict of the model (reference `model_best.pth` format), written atomically."""
@@ -287,6 +307,17 @@ class Trainer:
         if is_main():
             (self.out_dir / "history.json").write_text(json.dumps(self.history, indent=1))
         return self.best
+
+
+def changed_parts(old: str, new: str) -> list[str]:
+    """The top-level keys in which two JSON fingerprints differ (the whole fingerprint if either is not JSON)."""
+    try:
+        before, after = json.loads(old), json.loads(new)
+    except ValueError:
+        return ["the fingerprint"]
+    if not (isinstance(before, dict) and isinstance(after, dict)):
+        return ["the fingerprint"]
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k)) or ["the fingerprint"]
 
 
 def _progress(total: int, desc: str, initial: int):

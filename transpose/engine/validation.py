@@ -1,16 +1,17 @@
-"""Validation as the reference does it: flip test, DARK decoding, back to image coordinates, then COCO OKS AP
-(rescoring + OKS-NMS) or MPII PCKh. Each rank predicts its share; rank 0 scores the gathered predictions."""
+"""Validation as the reference does it: flip test, DARK decoding, back to image coordinates; each rank predicts
+its share, rank 0 scores the gathered predictions with the dataset kind's scorer (`transpose.evaluation.protocols`:
+COCO OKS AP after rescoring and OKS-NMS, or MPII PCKh)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
 
 from transpose.codec import HeatmapCodec, flip_test
 from transpose.engine.distributed import broadcast_object, gather_objects, is_main
-from transpose.evaluation import CocoGroundTruth, MpiiGroundTruth, evaluate_coco, evaluate_mpii, rescore_and_nms
+from transpose.evaluation.protocols import Predictions, Scorer
 from transpose.keypoints import KeypointSet
 
 
@@ -19,16 +20,16 @@ def predict(
     model: torch.nn.Module,
     batches: Iterable[dict],
     keypoint_set: KeypointSet,
-    input_size: tuple[int, int],
+    codec: HeatmapCodec,
     device: torch.device | str = "cpu",
     flip: bool = True,
-) -> dict[str, np.ndarray]:
+) -> Predictions:
     """Keypoints in image coordinates for every valid sample of `batches` (this rank's share).
 
-    Each batch needs image, center, scale, geom (score at 6, area at 7), ids and optionally valid.
+    Each batch needs image, center, scale, geom (score at 6, area at 7), ids and optionally valid; the flip test
+    swaps `keypoint_set`'s flip pairs and `codec` (the model's) decodes.
     """
     model.eval()
-    codec = HeatmapCodec.for_model(input_size)
     parts: dict[str, list] = {k: [] for k in ("keypoints", "maxvals", "box_scores", "areas", "image_ids", "ann_ids")}
     for batch in batches:
         images = batch["image"].to(device, non_blocking=True)
@@ -46,53 +47,21 @@ def predict(
     return {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in parts.items()}
 
 
-def gather_predictions(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def gather_predictions(local: Predictions) -> Predictions:
     """All ranks' predictions concatenated (on every rank)."""
     every = [p for p in gather_objects(local) if len(p["keypoints"])]
     return {k: np.concatenate([p[k] for p in every]) for k in local} if every else local
 
 
-def coco_scorer(gt: CocoGroundTruth) -> Callable[[dict[str, np.ndarray]], tuple[dict[str, float], list[dict]]]:
-    """Predictions -> (COCO metrics, COCO results list) after the reference's rescoring and OKS-NMS."""
-
-    def score(preds: dict[str, np.ndarray]) -> tuple[dict[str, float], list[dict]]:
-        results = rescore_and_nms(
-            preds["keypoints"],
-            preds["maxvals"],
-            preds["box_scores"],
-            preds["areas"],
-            preds["image_ids"],
-            gt.keypoint_set.sigmas,
-            category_id=gt.category_id,
-        )
-        metrics, _ = evaluate_coco(gt, results)
-        return metrics, results
-
-    return score
-
-
-def mpii_scorer(gt: MpiiGroundTruth) -> Callable[[dict[str, np.ndarray]], tuple[dict[str, float], list[dict]]]:
-    """Predictions (annotation id = index in the ground truth) -> (PCKh metrics, per-person joints)."""
-
-    def score(preds: dict[str, np.ndarray]) -> tuple[dict[str, float], list[dict]]:
-        joints = np.zeros((gt.num_people, 16, 2))
-        order = preds["ann_ids"].astype(int)
-        joints[order] = preds["keypoints"]
-        metrics = evaluate_mpii(joints, gt)
-        return metrics, [{"annotation_id": int(i), "joints": joints[i].tolist()} for i in range(gt.num_people)]
-
-    return score
-
-
 def validate(
     model: torch.nn.Module,
     batches: Iterable[dict],
-    scorer: Callable,
+    scorer: Scorer,
     keypoint_set: KeypointSet,
-    input_size: tuple[int, int],
+    codec: HeatmapCodec,
     device: torch.device | str = "cpu",
     flip: bool = True,
 ) -> tuple[dict[str, float], list[dict]]:
     """Predict this rank's share, gather, score on rank 0; every rank returns rank 0's metrics."""
-    preds = gather_predictions(predict(model, batches, keypoint_set, input_size, device, flip))
+    preds = gather_predictions(predict(model, batches, keypoint_set, codec, device, flip))
     return broadcast_object(scorer(preds) if is_main() else None)

@@ -55,8 +55,15 @@ def _load_json(path: str | Path, what: str):
         raise CocoFormatError(f"{path} is not valid JSON ({err}); expected a COCO {what} file") from err
 
 
-def load_coco_ground_truth(source: str | Path | dict, sigmas=None) -> CocoGroundTruth:
-    """Read and normalise a COCO-format person-keypoint file (path or already-parsed dict)."""
+def load_coco_ground_truth(
+    source: str | Path | dict, sigmas=None, keypoint_set: KeypointSet | None = None
+) -> CocoGroundTruth:
+    """Read and normalise a COCO-format person-keypoint file (path or already-parsed dict).
+
+    The keypoint set is the file's own category (`sigmas` for a file without its own and non-COCO names).
+    A `keypoint_set` recorded elsewhere (a shard manifest, a model card) must name the same keypoints; its
+    sigmas are used.
+    """
     name = "<dict>" if isinstance(source, dict) else str(source)
     data = copy.deepcopy(source) if isinstance(source, dict) else _load_json(source, "annotation")
     if not isinstance(data, dict):
@@ -69,7 +76,14 @@ def load_coco_ground_truth(source: str | Path | dict, sigmas=None) -> CocoGround
     categories = [c for c in data["categories"] if c.get("keypoints")]
     if not categories:
         raise CocoFormatError(f"{name}: no category lists 'keypoints' names; is this a keypoint annotation file?")
-    kset = from_coco_category(categories[0], sigmas)
+    kset = from_coco_category(categories[0], sigmas, where=f"{name}: categories[0]")
+    if keypoint_set is not None:
+        if keypoint_set.names != kset.names:
+            raise CocoFormatError(
+                f"{name}: its keypoints ({', '.join(kset.names)}) are not the keypoint set "
+                f"{keypoint_set.name!r} ({', '.join(keypoint_set.names)}) of the predictions"
+            )
+        kset = keypoint_set
     k = kset.num_keypoints
     image_ids = {img.get("id") for img in data["images"]}
     notes: list[str] = []

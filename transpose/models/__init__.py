@@ -1,6 +1,15 @@
 """TransPose models: backbones, encoder, heads and the registry of named variants."""
 
-from transpose.models.card import ModelCard, load_model
+from transpose.models.card import (
+    CARD_NAME,
+    ModelCard,
+    card_for_weights,
+    checkpoint_path,
+    find_card,
+    load_model,
+    load_trained,
+    read_card,
+)
 from transpose.models.checkpoint import (
     CheckpointMismatchError,
     load_pretrained_backbone,
@@ -11,6 +20,7 @@ from transpose.models.registry import MODELS, create_model, list_models
 from transpose.models.transpose_net import DataConfig, TransPose, TransPoseH, TransPoseR
 
 __all__ = [
+    "CARD_NAME",
     "MODELS",
     "CheckpointMismatchError",
     "DataConfig",
@@ -18,10 +28,15 @@ __all__ = [
     "TransPose",
     "TransPoseH",
     "TransPoseR",
+    "card_for_weights",
+    "checkpoint_path",
     "create_model",
+    "find_card",
     "list_models",
     "load_model",
     "load_pretrained_backbone",
     "load_reference_checkpoint",
+    "load_trained",
+    "read_card",
     "read_state_dict",
 ]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from transpose.codec import HeatmapCodec
 from transpose.models.blocks import BN_MOMENTUM
 from transpose.models.hrnet_s import HRNetS
 from transpose.models.position_encoding import (
@@ -35,8 +36,13 @@ class DataConfig:
     image_size: tuple[int, int]  # (h, w) of the input crop
     heatmap_size: tuple[int, int]  # (h, w) of the output heatmaps
     num_keypoints: int
+    heatmap_stride: int = 4  # input pixels per heatmap pixel
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+
+    def codec(self, sigma: float = 2.0) -> HeatmapCodec:
+        """The heatmap codec of this model (targets, decoding, the crop <-> heatmap convention)."""
+        return HeatmapCodec.from_data_config(self, sigma)
 
 
 class TransPose(nn.Module):
@@ -90,6 +96,7 @@ class TransPose(nn.Module):
             image_size=self.image_size,
             heatmap_size=(h // self.heatmap_stride, w // self.heatmap_stride),
             num_keypoints=self.num_keypoints,
+            heatmap_stride=self.heatmap_stride,
         )
 
     def position_table(self, grid: tuple[int, int]) -> Tensor | None:

@@ -1,0 +1,117 @@
+"""`transpose evaluate coco|mpii`: score a results file as the reference does."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from scipy.io import loadmat
+
+from cli.args import parse_floats
+from transpose.evaluation import (
+    evaluate_coco,
+    evaluate_mpii,
+    format_coco_table,
+    format_mpii_table,
+    load_coco_ground_truth,
+    load_coco_results,
+    load_mpii_ground_truth,
+)
+
+COCO_DESCRIPTION = """OKS AP (pycocotools) of a COCO results file against any COCO-format keypoint file.
+Writes AP, AP50, AP75, APm, APl, AR (and AR50, AR75, ARm, ARl) to --out.
+
+example:
+  transpose evaluate coco --ann person_keypoints_val2017.json --results results.json --out metrics.json
+"""
+
+MPII_DESCRIPTION = """PCKh as the reference computes it. Predictions: 0-based [N, 16, 2] in the order of the
+ground truth (.mat with 'preds', .npy, or JSON). Writes per-part PCKh@0.5, PCKh, PCKh_0.1 and PCKh_0.11 (the
+reference's 'Mean@0.1') to --out.
+
+example:
+  transpose evaluate mpii --gt annot/gt_valid.mat --preds pred.mat --out metrics.json
+"""
+
+
+def add_parser(sub) -> None:
+    ev = sub.add_parser("evaluate", help="COCO OKS AP or MPII PCKh", description="Evaluate predictions.")
+    evsub = ev.add_subparsers(dest="dataset", metavar="DATASET", required=True)
+    raw = argparse.RawDescriptionHelpFormatter
+    p = evsub.add_parser(
+        "coco", help="OKS AP of a COCO keypoint results file", description=COCO_DESCRIPTION, formatter_class=raw
+    )
+    p.add_argument("--ann", required=True, help="ground truth, COCO person_keypoints JSON")
+    p.add_argument("--results", required=True, help="predictions, COCO results JSON list")
+    p.add_argument("--sigmas", type=parse_floats, help="OKS sigmas (comma list or .json) for non-COCO keypoints")
+    p.add_argument("--out", help="write the metrics as JSON here")
+    p.add_argument(
+        "--breakdown",
+        metavar="PNG",
+        help="also show where the OKS is lost (per-joint hit rates, left/right mirrored people, OKS by person "
+        "size): a figure here and its numbers beside it as .json",
+    )
+    p.set_defaults(func=run_coco)
+    p = evsub.add_parser(
+        "mpii", help="PCKh@0.5 and @0.1 of MPII predictions", description=MPII_DESCRIPTION, formatter_class=raw
+    )
+    p.add_argument("--gt", required=True, help="annot/gt_valid.mat (pos_gt_src, jnt_missing, headboxes_src)")
+    p.add_argument("--preds", required=True, help="predictions .mat/.npy/.json")
+    p.add_argument("--out", help="write the metrics as JSON here")
+    p.set_defaults(func=run_mpii)
+
+
+def write_metrics(metrics: dict, out: str | None) -> None:
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(metrics, indent=2) + "\n")
+        print(f"metrics written to {out}")
+
+
+def run_coco(args: argparse.Namespace) -> int:
+    gt = load_coco_ground_truth(args.ann, sigmas=args.sigmas)
+    for note in gt.notes:
+        print(f"note: {note}")
+    results = load_coco_results(args.results, gt.keypoint_set.num_keypoints)
+    metrics, summary = evaluate_coco(gt, results)
+    print(summary.rstrip())
+    print(format_coco_table(metrics))
+    write_metrics(metrics, args.out)
+    if args.breakdown:
+        from transpose.evaluation.breakdown import format_breakdown, keypoint_breakdown, plot_breakdown
+
+        breakdown = keypoint_breakdown(gt, results)
+        print(format_breakdown(breakdown))
+        figure = plot_breakdown(breakdown, Path(args.breakdown))
+        figure.with_suffix(".json").write_text(json.dumps(breakdown, indent=1) + "\n")
+        print(f"breakdown: {figure} and {figure.with_suffix('.json')}")
+    return 0
+
+
+def load_mpii_predictions(path: str | Path) -> np.ndarray:
+    """0-based [N, 16, 2] joints from a .mat ('preds'), .npy or JSON (lists, or {joints} entries) file."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"predictions file {p} does not exist")
+    if p.suffix == ".mat":
+        mat = loadmat(str(p))
+        if "preds" not in mat:
+            raise ValueError(f"{p} has no 'preds' array (the reference's pred.mat layout)")
+        return np.asarray(mat["preds"])[..., :2]
+    if p.suffix == ".npy":
+        return np.load(p)[..., :2]
+    data = json.loads(p.read_text())
+    if data and isinstance(data[0], dict):
+        data = [entry["joints"] for entry in data]
+    return np.asarray(data, dtype=np.float64)[..., :2]
+
+
+def run_mpii(args: argparse.Namespace) -> int:
+    gt = load_mpii_ground_truth(args.gt)
+    metrics = evaluate_mpii(load_mpii_predictions(args.preds), gt)
+    print(format_mpii_table(metrics))
+    print("Mean@0.1 is PCKh at 0.1; the reference labels its PCKh at 0.11 as 'Mean@0.1' (last column).")
+    write_metrics(metrics, args.out)
+    return 0
