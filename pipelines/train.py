@@ -11,6 +11,11 @@ from that run's model card, with a new final layer for its own keypoints. The ru
 best.pth) records all of it for the stages after it. Every key, value and input file is checked before the
 process group starts.
 
+Elastic resume: a run checkpointed on N processes resumes on M (`torchrun --nproc_per_node M ...` with params
+unchanged) when M divides the global batch `processes` x `batch_size`: each process then takes the global batch
+/ M, the twin loader (`loader: torch`) resumes at the same global step, ZeRO partitions are merged and re-split.
+The DALI loader's position is per process, so a DALI run resumes on its own number of processes only.
+
 Resuming: the same command resumes an interrupted run from its newest complete checkpoint, but only a run of
 the same fingerprint: the section (less where outputs go and the loader workers, which change no result), the
 shard manifests, the starting weights, the code this stage runs (`mlops.fingerprints.code_fingerprint`) and
@@ -32,13 +37,13 @@ import torch
 
 from dataops.augment import AugmentConfig
 from dataops.loaders import LoaderConfig, make_loader, make_targets
-from dataops.shards import ManifestError, ShardManifest, read_manifest
+from dataops.shards import ManifestError, ShardError, ShardManifest, read_manifest, verify_shards
 from mlops.fingerprints import code_fingerprint, environment, file_sha256
 from mlops.tracking import stage_run
 from pipelines.params import ParamsError, load_params, parse_section, stage_arguments
 from transpose.engine import TrainConfig
 from transpose.engine.curves import plot_training_curves
-from transpose.engine.distributed import init_process_group, is_main, local_rank
+from transpose.engine.distributed import broadcast_object, init_process_group, is_main, local_rank
 from transpose.engine.trainer import Trainer
 from transpose.engine.validation import validate
 from transpose.evaluation.protocols import dataset_kind
@@ -219,6 +224,40 @@ def use_environment_extension_cache() -> None:
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
 
 
+def per_process_batch(section: TrainSection, world: int, stage: str) -> int:
+    """The batch each of `world` processes takes so that the global batch stays `processes` x `batch_size`:
+    the section's batch_size when the run has the processes it names, else the same global batch re-split
+    (a run resumed elastically on another number of processes; an error if it does not divide)."""
+    global_batch = section.processes * section.batch_size
+    if world == section.processes:
+        return section.batch_size
+    if global_batch % world:
+        raise ParamsError(
+            f"params.yaml: {stage}: the global batch {section.processes} x {section.batch_size} = {global_batch} "
+            f"does not split over {world} processes: run with a number of processes that divides it"
+        )
+    if is_main():
+        print(f"{stage}: {world} processes instead of {section.processes}: {global_batch // world} samples per "
+              f"process keep the global batch of {global_batch}")  # fmt: skip
+    return global_batch // world
+
+
+def verify_data(p: TrainPlan) -> None:
+    """The main process checks the shards against their manifests (cached, so a restart costs nothing); every
+    process stops with the same ShardError when they do not match."""
+    problem = None
+    if is_main():
+        try:
+            for manifest in (p.train_data, p.val_data):
+                if manifest is not None:
+                    verify_shards(p.section.shards, manifest.split)
+        except (ShardError, ManifestError) as err:
+            problem = f"{p.stage}: {err}"
+    problem = broadcast_object(problem)
+    if problem:
+        raise ShardError(problem)
+
+
 def build_model(p: TrainPlan) -> torch.nn.Module:
     """The card's architecture, seeded alike in every process, from init_from's weights with a new final layer
     for the data's keypoints when they differ."""
@@ -238,6 +277,7 @@ def train(p: TrainPlan, tracker=None, on_epoch_end=None) -> dict:
     s, config = p.section, p.section.train
     model = build_model(p)
     rank, world = init_process_group(s.device)
+    verify_data(p)
     if s.device == "cpu":
         torch.set_num_threads(cpu_threads_per_process())
     if rank == 0:
@@ -245,11 +285,12 @@ def train(p: TrainPlan, tracker=None, on_epoch_end=None) -> dict:
     codec = model.data_config.codec(config.sigma)
     keypoints = p.card.keypoints
     gpu = local_rank() if s.device == "cuda" else None
+    batch_size = per_process_batch(s, world, p.stage)
 
     def loader(split: str, augment: AugmentConfig | None):
         cfg = LoaderConfig(
             input_size=tuple(p.card.image_size),
-            batch_size=s.batch_size,
+            batch_size=batch_size,
             augment=augment or AugmentConfig(enabled=False),
             shuffle=augment is not None,
             seed=config.seed,

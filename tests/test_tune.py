@@ -364,6 +364,7 @@ def test_trial_section_and_best_params(tmp_path):
     section = trial_section(base, settings, {"train.lr": 5e-4, "batch_size": 16}, tmp_path / "t1")
     assert section["train"] == {"lr": 5e-4, "epochs": 3, "val_every_epochs": 1} and section["batch_size"] == 16
     assert section["out_dir"] == str(tmp_path / "t1") and "metrics" not in section and base["train"] == {"lr": 1e-3}
+    assert section["processes"] == settings.workers_per_trial  # batch_size is per worker in a trial
     space = search_space({**SPACE, "batch_size": {"grid": [16, 32]}, "train.sigma": {"uniform": [1.5, 2.5]}})
     assert isinstance(space["train.lr"], tune.search.sample.Float) and space["batch_size"] == {"grid_search": [16, 32]}
 

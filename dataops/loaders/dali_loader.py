@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from dataops.loaders.common import LoaderConfig
-from dataops.loaders.shard_index import open_shards
+from dataops.loaders.shard_index import ShardIndex, open_shards
+from dataops.shards.verify import ShardError
 
 OUTPUTS = ("image", "kpt", "matrix", "flip", "geom", "center", "scale", "ids")
 
@@ -231,15 +232,51 @@ class DaliLoader:
     def __iter__(self):
         size = self._shard_size(self.epoch)
         b = self.config.batch_size
-        for outputs in self.iterator:
+        batches = iter(self.iterator)
+        while True:
+            try:
+                outputs = next(batches)
+            except StopIteration:
+                break
+            except RuntimeError as err:  # DALI's own message names no file: find the sample ourselves
+                raise ShardError(self._explain(err)) from err
             step = self._step
             self._step += 1
             batch = dict(outputs[0])
             batch["flip"] = batch["flip"].reshape(-1)
             batch["kpt"] = batch["kpt"].reshape(batch["kpt"].shape[0], -1, 3)
+            for name in ("kpt", "geom"):
+                bad = ~torch.isfinite(batch[name].reshape(batch[name].shape[0], -1)).all(dim=1)
+                if bad.any():
+                    ids = batch["ids"][bad.to(batch["ids"].device)][0].tolist()
+                    raise ShardError(
+                        f"{self._tars()}: the sample of image {ids[0]}, annotation {ids[1]} holds NaN or inf in "
+                        f"its {name}: the shard is damaged; re-shard this split"
+                    )
             batch["valid"] = (torch.arange(b) + step * b < size).float().to(batch["image"].device)
             yield batch
         self.epoch, self._step = self.epoch + 1, 0
+
+    def _tars(self) -> str:
+        tars = self.shards.tars
+        return f"{tars[0].parent}/{tars[0].name.rsplit('-', 1)[0]}-*.tar ({len(tars)} tars)"
+
+    def _explain(self, err: RuntimeError) -> str:
+        """DALI's failure, with the tar and sample it came from: every stored JPEG is checked with the
+        twin's reader and decoder (only on this error path)."""
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        index = ShardIndex(self.shards.samples)
+        for i, location in enumerate(self.shards.samples):
+            try:
+                raw = index.read(i)
+            except ShardError as bad:
+                return f"DALI failed ({first}); {bad}"
+            if cv2.imdecode(np.frombuffer(raw["jpg"], np.uint8), cv2.IMREAD_COLOR) is None:
+                return (
+                    f"DALI failed ({first}): {location.tar}: sample {location.key} holds an undecodable JPEG; "
+                    "re-shard this split"
+                )
+        return f"DALI failed reading {self._tars()} ({first}); every sample reads and decodes with OpenCV"
 
     def checkpoint(self) -> str:
         """Reader position, RNG state and epoch/step after the last batch handed out (prefetched batches are

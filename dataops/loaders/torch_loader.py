@@ -76,20 +76,37 @@ class ShardDataset(Dataset):
 
 
 class EpochSampler(Sampler):
-    """This rank's (position, epoch, valid) items for the current epoch, from `start` (resume) on."""
+    """This rank's (position, epoch, valid) items for the current epoch, from `start` (resume) on.
+
+    The epoch's permutation is padded to a multiple of the global batch (`batch_size` x ranks) and dealt out
+    round-robin, so global step s is the same samples on any number of ranks; with drop_last the incomplete
+    last global batch is dropped instead."""
 
     def __init__(self, num_samples: int, rank: int, world_size: int, config: LoaderConfig):
         self.num_samples, self.rank, self.world_size, self.config = num_samples, rank, world_size, config
+        self.global_batch = config.batch_size * world_size
         self.epoch = 0
         self.start = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
+    @property
+    def per_rank(self) -> int:
+        n, g = self.num_samples, self.global_batch
+        steps = n // g if self.config.drop_last else -(-n // g)
+        return steps * self.config.batch_size
+
     def _items(self) -> list[tuple[int, int, bool]]:
         order = epoch_order(
-            self.num_samples, self.epoch, self.config.seed, self.config.shuffle, self.rank, self.world_size
-        )
+            self.num_samples,
+            self.epoch,
+            self.config.seed,
+            self.config.shuffle,
+            self.rank,
+            self.world_size,
+            self.global_batch,
+        )[: self.per_rank]
         # position rank + i * world_size of the padded permutation is padding when beyond the data
         valid = [self.rank + i * self.world_size < self.num_samples for i in range(len(order))]
         return [(int(p), self.epoch, v) for p, v in zip(order, valid)][self.start :]
@@ -98,7 +115,7 @@ class EpochSampler(Sampler):
         return iter(self._items())
 
     def __len__(self) -> int:
-        return -(-self.num_samples // self.world_size) - self.start
+        return self.per_rank - self.start
 
 
 def torch_loader(
@@ -118,6 +135,9 @@ def torch_loader(
         collate_fn=_collate,
         drop_last=config.drop_last,
         persistent_workers=False,
+        # a generator of its own: creating an iterator draws its worker seed from here, not from the global
+        # torch RNG (which dropout uses and a checkpoint restores); augmentation is seeded per sample anyway
+        generator=torch.Generator().manual_seed(config.seed),
     )
     return loader, sampler
 
@@ -127,7 +147,12 @@ def _collate(samples: list[dict]) -> dict[str, torch.Tensor]:
 
 
 class TwinLoader:
-    """The twin as a resumable epoch iterator: iterating yields the rest of the current epoch."""
+    """The twin as a resumable epoch iterator: iterating yields the rest of the current epoch.
+
+    Its position is the global step within the epoch, so it resumes on any number of ranks that keeps the
+    global batch (`elastic`)."""
+
+    elastic = True
 
     def __init__(self, shard_dir: str | Path, split: str, config: LoaderConfig, rank: int = 0, world_size: int = 1):
         self.loader, self.sampler = torch_loader(shard_dir, split, config, rank, world_size)
@@ -135,9 +160,12 @@ class TwinLoader:
         self.epoch, self.step = 0, 0
 
     @property
+    def global_batch(self) -> int:
+        return self.sampler.global_batch
+
+    @property
     def steps_per_epoch(self) -> int:
-        per_rank = -(-self.sampler.num_samples // self.sampler.world_size)
-        return per_rank // self.micro_batch if self.loader.drop_last else -(-per_rank // self.micro_batch)
+        return self.sampler.per_rank // self.micro_batch
 
     def __len__(self) -> int:
         return self.steps_per_epoch

@@ -1,6 +1,16 @@
 """WebDataset shards with DALI index files and a manifest that carries the split's facts (kind, keypoints)."""
 
 from dataops.shards.manifest import ManifestError, ShardManifest, read_manifest, stored_reach
+from dataops.shards.verify import ShardError, verify_shards
 from dataops.shards.writer import ShardConfig, write_shards
 
-__all__ = ["ManifestError", "ShardConfig", "ShardManifest", "read_manifest", "stored_reach", "write_shards"]
+__all__ = [
+    "ManifestError",
+    "ShardConfig",
+    "ShardError",
+    "ShardManifest",
+    "read_manifest",
+    "stored_reach",
+    "verify_shards",
+    "write_shards",
+]

@@ -17,7 +17,7 @@ from pathlib import Path
 from dataops.augment import AugmentConfig
 from transpose.keypoints import KeypointSet
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the manifest records each index file's size and sha256
 
 
 class ManifestError(ValueError):

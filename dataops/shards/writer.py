@@ -131,6 +131,9 @@ def _encode_sample(record: PersonRecord, kset: KeypointSet, config: ShardConfig,
     lower = options.get(2, (np.zeros(2), np.zeros(2)))
     half = [*upper[0], *upper[1], *lower[0], *lower[1], 1 in options, 2 in options, float((record.visible > 0).sum())]
     kpt = np.concatenate([record.joints, record.visible[:, None]], axis=1)
+    if not all(np.isfinite(np.asarray(v, np.float32)).all() for v in (geom, half, kpt)):
+        report.add("non-finite numbers", f"{path} (sample {record.key}): NaN or inf in its box or joints")
+        return None
     meta = {
         "key": record.key,
         "image_id": record.image_id,
@@ -147,6 +150,9 @@ def _encode_sample(record: PersonRecord, kset: KeypointSet, config: ShardConfig,
         ("ids.i64", np.asarray([record.image_id, record.annotation_id], "<i8").tobytes()),
         ("json", json.dumps(meta, sort_keys=True).encode()),
     ]
+
+
+SHARD_FACTS = ("shard", "samples", "bytes", "sha256", "index_bytes", "index_sha256")  # per tar, in the manifest
 
 
 def _complete_jpeg(raw: bytes) -> bool:
@@ -174,6 +180,8 @@ def _write_shard(job) -> dict:
         "samples": len(builder.index_lines),
         "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
+        "index_bytes": len(index.encode()),
+        "index_sha256": hashlib.sha256(index.encode()).hexdigest(),
         "records": _records_digest(records),
         "config": _shard_fingerprint(config, kset),
         "skipped": report.as_dict(),
@@ -220,7 +228,7 @@ def _finished(shard_path: Path, records: Sequence[PersonRecord], kset: KeypointS
         summary = json.loads(done.read_text())
     except json.JSONDecodeError:
         return None
-    same = summary.get("records") == _records_digest(records)
+    same = all(key in summary for key in SHARD_FACTS) and summary.get("records") == _records_digest(records)
     same = same and summary.get("config") == _shard_fingerprint(config, kset)
     return summary if same and shard_path.stat().st_size == summary.get("bytes") else None
 
@@ -298,7 +306,7 @@ def write_shards(
         "samples": sum(s["samples"] for s in summaries.values()),
         "bytes": sum(s["bytes"] for s in summaries.values()),
         "config": {k: v for k, v in asdict(config).items() if k != "workers"},
-        "shards": [{k: summaries[i][k] for k in ("shard", "samples", "bytes", "sha256")} for i in sorted(summaries)],
+        "shards": [{k: summaries[i][k] for k in SHARD_FACTS} for i in sorted(summaries)],
         "skipped": skipped.as_dict(),
     }
     path = manifest_path(out_dir, split)

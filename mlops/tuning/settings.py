@@ -104,6 +104,7 @@ def trial_section(base: dict, settings: TuneSettings, sampled: dict[str, Any], o
         set_dotted(section, "train.epochs", settings.epochs)
     section["out_dir"] = str(out_dir)
     section["device"] = "cuda" if settings.use_gpu else "cpu"
+    section["processes"] = settings.workers_per_trial  # batch_size stays per process in a trial
     for key in ("metrics", "plots"):  # the stage's DVC outputs are not the trial's
         section.pop(key, None)
     return section

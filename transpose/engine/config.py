@@ -28,6 +28,7 @@ class TrainConfig:
     val_every_epochs: int = 1
     flip_test: bool = True
     log_every_steps: int = 10
+    nonfinite_loss: str = "stop"  # a NaN/inf loss: "stop" (error, last good checkpoint kept) | "skip" the step
 
     def __post_init__(self) -> None:
         checks = {
@@ -47,6 +48,7 @@ class TrainConfig:
             "keep_previous_runs": (self.keep_previous_runs >= 0, "must be at least 0"),
             "val_every_epochs": (self.val_every_epochs >= 1, "must be at least 1"),
             "log_every_steps": (self.log_every_steps >= 1, "must be at least 1"),
+            "nonfinite_loss": (self.nonfinite_loss in ("stop", "skip"), "must be stop or skip"),
         }
         for key, (ok, rule) in checks.items():
             if not ok:

@@ -57,19 +57,35 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def mean_loss(loss: torch.Tensor) -> tuple[float, bool]:
+    """(the loss averaged over the ranks, whether it is finite on every rank): one all-reduce of two numbers,
+    so that every rank takes the same decision on a non-finite loss."""
+    value = loss.detach().float().reshape(1)
+    pair = torch.cat([torch.nan_to_num(value, nan=0.0, posinf=0.0, neginf=0.0), (~torch.isfinite(value)).float()])
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        pair = pair.to(loss.device)
+        dist.all_reduce(pair)
+        pair = pair / dist.get_world_size()
+    return float(pair[0]), bool(pair[1] == 0)
+
+
 def rng_state() -> dict:
-    """torch, numpy and python RNG states as tensors and plain lists (loadable with weights_only=True)."""
+    """torch (CPU, and CUDA where used), numpy and python RNG states as tensors and plain lists (loadable with
+    weights_only=True)."""
     import random
 
     import numpy as np
 
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, gauss_next = random.getstate()
-    return {
+    state = {
         "torch": torch.get_rng_state(),
         "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
         "python": [version, list(internal), gauss_next],
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def set_rng_state(state: dict) -> None:
@@ -82,3 +98,5 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

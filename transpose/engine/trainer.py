@@ -37,18 +37,35 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from transpose.engine.checkpoints import (
+    POINTER,
+    CheckpointError,
+    describe_write_error,
+    find_resumable,
+    remove_tag,
+    seal,
+    tag_name,
+    tags_newest_first,
+    write_json_durably,
+)
 from transpose.engine.config import TrainConfig
 from transpose.engine.distributed import (
     barrier,
     broadcast_object,
+    gather_objects,
     init_process_group,
     is_main,
     local_rank,
+    mean_loss,
     rng_state,
     set_rng_state,
 )
 from transpose.engine.tracking import NullTracker, Tracker
 from transpose.losses import weighted_mse_loss
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf (train.nonfinite_loss: stop)."""
 
 
 def deepspeed_config(base: dict, config: TrainConfig, micro_batch: int) -> dict:
@@ -58,6 +75,8 @@ def deepspeed_config(base: dict, config: TrainConfig, micro_batch: int) -> dict:
     ds["gradient_accumulation_steps"] = 1
     ds.pop("train_batch_size", None)
     ds.setdefault("zero_optimization", {})["stage"] = config.zero_stage
+    if config.zero_stage > 0:  # every rank reads every partition: a run resumes on another number of processes
+        ds["zero_optimization"]["elastic_checkpoint"] = True
     ds["bf16"] = {"enabled": config.precision == "bf16"}
     ds["fp16"] = {"enabled": config.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16}
     if config.precision == "bf16":  # BatchNorm buffers must follow the parameters' dtype
@@ -142,44 +161,69 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best: dict = {}
         self.history: list[dict] = []
+        self._epoch_loss = [0.0, 0]  # the rank-mean losses of this epoch's steps so far: sum, count
+        self.skipped_steps = 0  # steps skipped for a non-finite loss (train.nonfinite_loss: skip)
 
     # ---- checkpoints -------------------------------------------------------------------------------------
-    def _latest(self) -> dict | None:
-        pointer = self.ckpt_dir / "latest.json"
-        return json.loads(pointer.read_text()) if pointer.is_file() else None
+    def _state(self, tag: str) -> dict:
+        """What a checkpoint records besides the tensors: where training stands, and whose run it is."""
+        return {
+            "tag": tag,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "best": self.best,
+            "history": self.history,
+            "epoch_loss": self._epoch_loss,  # [sum, steps] of the epoch so far: a resumed epoch averages it all
+            "skipped_steps": self.skipped_steps,
+            "world_size": self.world_size,
+            "global_batch": getattr(self.loader, "global_batch", self.loader.micro_batch * self.world_size),
+            "fingerprint": self.fingerprint,
+            "tracking_run_id": getattr(self.tracker, "run_id", None),
+        }
 
     def save_checkpoint(self) -> str:
-        tag = f"e{self.epoch:04d}s{self.step_in_epoch:06d}"
-        self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, save_latest=False)
-        torch.save(
-            {"loader": self.loader.state_dict(), "rng": rng_state()}, self.ckpt_dir / tag / f"rank{self.rank}.pt"
-        )
-        barrier()  # every rank's files are complete before the pointer moves
+        """Write, fsync and seal a tag folder on every rank, then move latest.json to it (see checkpoints.py).
+        A failed write (a full disk) removes the half-written folder and raises, the previous one in force."""
+        tag = tag_name(self.epoch, self.step_in_epoch)
+        tag_dir = self.ckpt_dir / tag
+        error = None
+        try:
+            self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, save_latest=False)
+            state = {"loader": self.loader.state_dict(), "rng": rng_state()}
+            torch.save(state, tag_dir / f"rank{self.rank}.pt")
+        except (OSError, RuntimeError) as err:
+            error = describe_write_error(err, tag_dir)
+        errors = [e for e in gather_objects(error) if e]
+        sealed_error = None
+        if is_main() and not errors:
+            try:
+                seal(tag_dir, self._state(tag))
+                write_json_durably(self.ckpt_dir / POINTER, self._state(tag))
+            except OSError as err:
+                sealed_error = describe_write_error(err, tag_dir)
+        sealed_error = broadcast_object(sealed_error)
+        errors += [sealed_error] if sealed_error else []
+        if errors:
+            if is_main():
+                remove_tag(tag_dir)
+            barrier()
+            kept = find_resumable(self.ckpt_dir) if is_main() else None
+            where = f"{kept.tag_dir} stays the checkpoint to resume from" if kept else "no earlier checkpoint exists"
+            raise CheckpointError(f"{errors[0]}; the half-written folder was removed and {where}")
         if is_main():
-            pointer = {
-                "tag": tag,
-                "epoch": self.epoch,
-                "step_in_epoch": self.step_in_epoch,
-                "global_step": self.global_step,
-                "best": self.best,
-                "history": self.history,
-                "world_size": self.world_size,
-                "fingerprint": self.fingerprint,
-            }
-            tmp = self.ckpt_dir / "latest.json.partial"
-            tmp.write_text(json.dumps(pointer, indent=1))
-            os.replace(tmp, self.ckpt_dir / "latest.json")
-            tags = sorted(p for p in self.ckpt_dir.iterdir() if p.is_dir() and p.name[0] == "e")
-            for old in tags[: -self.config.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+            for old in tags_newest_first(self.ckpt_dir)[self.config.keep_checkpoints :]:
+                remove_tag(old)
         barrier()
         return tag
 
     def resume(self) -> bool:
-        """Load the newest complete checkpoint, if any; True when resumed."""
-        latest = broadcast_object(self._latest())
-        if latest is None:
+        """Load the newest complete checkpoint of this run, if any; True when resumed."""
+        found = find_resumable(self.ckpt_dir) if is_main() else None
+        found = broadcast_object(None if found is None else (str(found.tag_dir), found.state, found.notes))
+        if found is None:
             return False
+        tag_dir, latest, notes = Path(found[0]), found[1], found[2]
         if latest.get("fingerprint") != self.fingerprint:  # another run: its state is not ours
             if is_main():
                 moved = self._move_aside(latest.get("fingerprint", ""))
@@ -188,30 +232,93 @@ class Trainer:
                       f"they are kept in {moved}")  # fmt: skip
             barrier()
             return False
-        if latest["world_size"] != self.world_size:
-            raise RuntimeError(
-                f"{self.ckpt_dir} was written by {latest['world_size']} processes, this run has {self.world_size}: "
-                "resume with the same number of processes (or start in a new out_dir)"
-            )
+        if is_main():
+            for note in notes:
+                print(f"resume: {note}")
+        elastic = latest["world_size"] != self.world_size
+        if elastic:
+            self._check_elastic(latest)
+        tag = tag_dir.name
+        partitioned = self.config.zero_stage > 0
         self.engine.load_checkpoint(
-            str(self.ckpt_dir), tag=latest["tag"], load_optimizer_states=True, load_lr_scheduler_states=True
+            str(self.ckpt_dir), tag=tag, load_optimizer_states=not partitioned, load_lr_scheduler_states=True
         )
-        state = torch.load(self.ckpt_dir / latest["tag"] / f"rank{self.rank}.pt", weights_only=True)
+        if partitioned:
+            self._load_zero_partitions(tag)
+        own = tag_dir / f"rank{self.rank}.pt"
+        if own.is_file():
+            state = torch.load(own, weights_only=True)
+        else:  # a rank the checkpoint did not have (resumed on more processes): rank 0's position, own seed
+            state = torch.load(tag_dir / "rank0.pt", weights_only=True)
+            state["rng"] = None
         self.loader.load_state_dict(state["loader"])
-        set_rng_state(state["rng"])
+        if state["rng"] is not None and not elastic:
+            set_rng_state(state["rng"])
+        else:  # another world: every rank reseeds by its rank and the step (dropout draws differ, by design)
+            torch.manual_seed(self.config.seed + self.rank + 7919 * latest["global_step"])
         self.epoch, self.step_in_epoch = latest["epoch"], latest["step_in_epoch"]
         self.global_step, self.best, self.history = latest["global_step"], latest["best"], latest["history"]
+        self._epoch_loss = list(latest.get("epoch_loss", [0.0, 0]))
+        self.skipped_steps = int(latest.get("skipped_steps", 0))
         if is_main():
-            print(f"resumed from {self.ckpt_dir / latest['tag']} (epoch {self.epoch}, step {self.step_in_epoch})")
+            print(f"resumed from {tag_dir} (epoch {self.epoch}, step {self.step_in_epoch})")
         return True
+
+    def _check_elastic(self, latest: dict) -> None:
+        """A checkpoint of another number of processes resumes only where that changes no result."""
+        before, now = latest["world_size"], self.world_size
+        where = f"{self.ckpt_dir} was written by {before} processes, this run has {now}"
+        if not getattr(self.loader, "elastic", False):
+            raise RuntimeError(
+                f"{where}: the DALI loader's position is per process and cannot be re-split; resume with {before} "
+                "processes, or use loader: torch, whose position is the global step"
+            )
+        if self.config.precision != "fp32":
+            raise RuntimeError(f"{where}: elastic resume is for fp32 runs; resume with {before} processes")
+        batch = getattr(self.loader, "global_batch", None)
+        if batch != latest.get("global_batch"):
+            raise RuntimeError(
+                f"{where}, with a global batch of {latest.get('global_batch')} then and {batch} now: set batch_size "
+                f"so that processes x batch_size = {latest.get('global_batch')}"
+            )
+        if is_main():
+            print(f"{where}: resuming elastically with the same global batch of {batch}")
+
+    def _load_zero_partitions(self, tag: str) -> None:
+        """ZeRO 1/2 optimizer partitions (and fp32 master weights), merged and re-split for this world size:
+        DeepSpeed's elastic-checkpoint path, also for ranks the checkpoint did not have."""
+        from deepspeed.checkpoint.constants import BASE_OPTIMIZER_STATE_STEP
+
+        opt = self.engine.optimizer
+        partitions = self.engine._get_all_zero_checkpoints(str(self.ckpt_dir), tag)
+        if partitions is None:
+            raise CheckpointError(f"{self.ckpt_dir / tag}: no ZeRO optimizer partitions in this checkpoint")
+        for sd in partitions:
+            sd.setdefault(BASE_OPTIMIZER_STATE_STEP, None)
+        had_step = ["step" in g for g in opt.optimizer.param_groups]
+        if self.rank < len(partitions):
+            opt.load_state_dict(state_dict_list=partitions, load_optimizer_states=True, load_from_fp32_weights=True)
+        else:  # DeepSpeed indexes the list by this rank: the same merge without that lookup
+            opt._load_global_state(partitions[0])
+            opt._restore_elastic_base_optimizer_state(partitions)
+            opt._restore_from_elastic_fp32_weights(partitions)
+            opt._link_all_hp_params()
+        for group, lr, had in zip(opt.optimizer.param_groups, self.scheduler.get_last_lr(), had_step):
+            group["lr"] = lr
+            if not had:
+                group.pop("step", None)
+        for state in opt.optimizer.state.values():
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.numel() == 1 and key == "step":
+                    state[key] = value.reshape(())
 
     def _move_aside(self, fingerprint: str) -> Path:
         """Move the checkpoints of another run to checkpoints-previous/<its hash>/, keeping the newest few."""
         previous = self.out_dir / "checkpoints-previous"
         previous.mkdir(exist_ok=True)
         target = previous / hashlib.sha256(fingerprint.encode()).hexdigest()[:12]
-        if target.exists():  # the same earlier run again: keep its newer state
-            shutil.rmtree(target)
+        if target.exists():  # the same earlier run again: keep its newer state, the older one beside it
+            os.replace(target, previous / f"{target.name}-{int(target.stat().st_mtime)}")
         os.replace(self.ckpt_dir, target)
         kept = sorted(previous.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in kept[self.config.keep_previous_runs :]:
@@ -241,36 +348,62 @@ class Trainer:
         bar = (
             _progress(total, f"epoch {self.epoch + 1}/{self.config.epochs}", self.step_in_epoch) if is_main() else None
         )
-        losses, seen, started = [], 0, time.perf_counter()
+        seen, started = 0, time.perf_counter()
         dtype = next(self.engine.module.parameters()).dtype
         for batch in self.loader:
             images, targets, weights = self.prepare_batch(batch, self.device)
             out = self.engine(images.to(dtype))
             loss = weighted_mse_loss(out.float(), targets, weights)
-            self.engine.backward(loss)
-            self.engine.step()
+            value, finite = mean_loss(loss)  # the same on every rank: every rank takes the same branch
+            if finite:
+                self.engine.backward(loss)
+                self.engine.step()
+                self._epoch_loss = [self._epoch_loss[0] + value, self._epoch_loss[1] + 1]
+            else:
+                self._nonfinite_loss(batch)
             self.step_in_epoch += 1
             self.global_step += 1
-            losses.append(loss.item())
             seen += images.shape[0] * self.world_size
             lr = self.optimizer.param_groups[0]["lr"]
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(
-                    loss=f"{loss.item():.2e}", lr=f"{lr:.1e}", sps=f"{seen / (time.perf_counter() - started):.1f}"
+                    loss=f"{value:.2e}", lr=f"{lr:.1e}", sps=f"{seen / (time.perf_counter() - started):.1f}"
                 )
             if is_main() and self.global_step % self.config.log_every_steps == 0:
-                self.tracker.log_metrics({"train/loss": loss.item(), "train/lr": lr}, step=self.global_step)
+                self.tracker.log_metrics({"train/loss": value, "train/lr": lr}, step=self.global_step)
             every = self.config.checkpoint_every_steps
             if every and self.global_step % every == 0 and self.step_in_epoch < total:  # epoch ends save anyway
                 self.save_checkpoint()
         if bar is not None:
             bar.close()
         elapsed = time.perf_counter() - started
-        return {
-            "train/loss_epoch": float(sum(losses) / max(len(losses), 1)),
+        total_loss, steps = self._epoch_loss
+        self._epoch_loss = [0.0, 0]
+        record = {
+            "train/loss_epoch": float(total_loss / steps) if steps else float("nan"),
             "train/samples_per_s": seen / max(elapsed, 1e-9),
         }
+        if self.skipped_steps:
+            record["train/skipped_steps"] = float(self.skipped_steps)
+        return record
+
+    def _nonfinite_loss(self, batch: dict) -> None:
+        """A NaN/inf loss: stop before anything is written (the last good checkpoint stays), or skip the step."""
+        ids = batch.get("ids")
+        samples = ", ".join(f"image {int(i)} ann {int(a)}" for i, a in ids[:8].tolist()) if ids is not None else "?"
+        where = f"epoch {self.epoch + 1}, step {self.step_in_epoch + 1} (global step {self.global_step + 1})"
+        if self.config.nonfinite_loss == "skip":
+            self.skipped_steps += 1
+            if is_main():
+                print(f"non-finite loss at {where}: step skipped ({self.skipped_steps} so far; samples: {samples})")
+            return
+        kept = find_resumable(self.ckpt_dir) if is_main() else None
+        raise NonFiniteLossError(
+            f"the loss is not finite at {where} (this rank's samples: {samples}); nothing was written, "
+            f"{kept.tag_dir if kept else 'no checkpoint'} stays the last good checkpoint. Check the data "
+            "(`transpose shards verify`), lower the lr, or set train.nonfinite_loss: skip to skip such steps"
+        )
 
     def fit(self) -> dict:
         """Train to the configured number of epochs (resuming if a checkpoint exists); returns the best metrics."""
