@@ -94,6 +94,10 @@ class _TarBuilder:
 def _encode_sample(record: PersonRecord, kset: KeypointSet, config: ShardConfig, report: SkipReport):
     """Read, validate and pack one record; returns the members or None (skip counted in report)."""
     path = Path(record.image_path)
+    numbers = (record.center, record.scale, record.joints, record.visible, [record.score])
+    if not all(np.isfinite(np.asarray(v, np.float64)).all() for v in numbers):
+        report.add("non-finite numbers", f"{path} (sample {record.key}): NaN or inf in its box, joints or score")
+        return None
     try:
         raw = path.read_bytes()
     except OSError:
