@@ -341,3 +341,33 @@ def test_mpii_fixture_through_shards_and_dali(realdata, tmp_path):
         enc = codec.encode(joints, vis, center, rec.scale, 20.0)
         assert np.abs(joints_hm[i].numpy()[vis > 0] - enc["keypoints"][vis > 0]).max() < 1e-3
         assert np.array_equal(weights[i].numpy(), enc["keypoint_weights"])
+
+
+@pytest.mark.parametrize(("before", "after", "global_batch", "resume_at"), [(2, 1, 4, 1), (1, 2, 4, 2), (3, 1, 6, 1)])
+def test_the_twin_resumed_on_another_number_of_ranks_sees_the_same_global_batches(
+    coco_shards, before, after, global_batch, resume_at
+):
+    """The twin's position is the global step: resumed on another number of ranks with the same global batch,
+    every step is the same samples and every sample of the epoch is seen exactly once (12 samples here)."""
+    from dataops.loaders import TwinLoader
+
+    def batches(world: int, start: int) -> list[list[tuple[int, bool]]]:
+        """Per global step from `start`: the (annotation id, valid) pairs of all ranks together."""
+        config = LoaderConfig(
+            input_size=(64, 48), batch_size=global_batch // world, workers=0, augment=AugmentConfig(enabled=False)
+        )
+        ranks = [TwinLoader(coco_shards, "val", config, rank, world) for rank in range(world)]
+        for loader in ranks:
+            loader.load_state_dict({"epoch": 3, "step": start})
+            assert loader.global_batch == global_batch
+        steps = [list(loader) for loader in ranks]
+        return [
+            sorted((i, bool(v)) for b in (s[step] for s in steps) for i, v in zip(b["ids"][:, 1].tolist(), b["valid"]))
+            for step in range(len(steps[0]))
+        ]
+
+    straight = batches(before, 0)
+    resumed = batches(before, 0)[:resume_at] + batches(after, resume_at)
+    assert resumed == straight
+    seen = [i for step in resumed for i, valid in step if valid]
+    assert len(seen) == len(set(seen)) == 12
