@@ -30,7 +30,7 @@ import torch
 
 from dataops.augment import AugmentConfig
 from dataops.loaders import LoaderConfig, make_loader
-from dataops.shards import ManifestError, ShardManifest, read_manifest
+from dataops.shards import ManifestError, ShardManifest, read_manifest, verify_shards
 from mlops.fingerprints import evaluation_fingerprint
 from mlops.tracking import stage_run
 from pipelines.params import ParamsError, load_params, parse_section, stage_arguments
@@ -150,6 +150,7 @@ def check(s: EvaluateSection, stage: str) -> tuple[ShardManifest, dict[str, Mode
         raise ParamsError(f"{stage}.shards: {err}") from None
     if data.ground_truth is None or not data.ground_truth.is_file():
         raise ParamsError(f"{stage}.split: {data.path} names no ground truth file beside it: re-shard")
+    verify_shards(s.shards, s.split)  # a ShardError naming the file when the shards changed since written
     cards = {}
     for name, run in s.runs.items():
         try:

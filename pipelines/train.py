@@ -39,7 +39,7 @@ from dataops.augment import AugmentConfig
 from dataops.loaders import LoaderConfig, make_loader, make_targets
 from dataops.shards import ManifestError, ShardError, ShardManifest, read_manifest, verify_shards
 from mlops.fingerprints import code_fingerprint, environment, file_sha256
-from mlops.tracking import stage_run
+from mlops.tracking import resumable_run_id, stage_run
 from pipelines.params import ParamsError, load_params, parse_section, stage_arguments
 from transpose.engine import TrainConfig
 from transpose.engine.curves import plot_training_curves
@@ -375,7 +375,12 @@ def main() -> None:
         raise ParamsError(f"{args.params}: no section '{args.stage}:'")
     p = plan(parse_section(TrainSection, values, args.stage), args.stage)  # every check before processes start
     init_process_group(p.section.device)
-    with stage_run(args.stage, values, enabled=is_main() and not args.no_mlflow) as tracker:
+    tracked = is_main() and not args.no_mlflow
+    run_id = None
+    if tracked:  # a resumed run continues its MLflow run
+        fingerprint = json.dumps(run_identity(p), sort_keys=True)
+        run_id = resumable_run_id(Path(p.section.out_dir) / "checkpoints", fingerprint)
+    with stage_run(args.stage, values, enabled=tracked, run_id=run_id, short_attempts=True) as tracker:
         best = train(p, tracker)
         if is_main():
             write_dvc_outputs(p, best)
