@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 DESCRIPTION = """MLflow model registry: register trained models with their gate metric, and move an alias
 (default `champion`) to a version only when it beats the holder's gate metric (strictly greater) on the same
@@ -12,8 +13,10 @@ data is re-evaluated on the candidate's with --reevaluate (the evaluation stage'
 promotion is refused (exit 1). Every decision is kept as a registered-model tag promotion.NNNNNN-vV.
 
 The store: --tracking-uri, else $MLFLOW_TRACKING_URI, else (with --run) the run's own, else mlruns/mlflow.db.
-Concurrent promotions are serialised by a file lock beside the store, or $TRANSPOSE_PROMOTE_LOCK (a path on a
-shared filesystem) for a remote tracking server. Load a promoted model with models:/NAME@champion.
+Concurrent promotions, on one machine or on many sharing a tracking server, take turns through tickets kept in
+the registry (registered-model tags transpose.ticket.*); a promotion that waited --wait seconds for its turn
+gives up with exit 3, naming the holder and until when its lease runs ($TRANSPOSE_PROMOTE_LEASE, 60 s, renewed
+while it works). Load a promoted model with models:/NAME@champion.
 
 examples:
   transpose promote --run outputs/pretrain --evaluation outputs/evaluate_coco/pretrain_evaluation.json \\
@@ -41,6 +44,12 @@ def add_parser(sub) -> None:
     p.add_argument("--alias", default="champion", help="the alias to move (default: champion)")
     p.add_argument("--reevaluate", action="store_true", help="re-score a holder evaluated on other data")
     p.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI or mlruns/mlflow.db)")
+    p.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help="longest wait for the promotion turn (default: 300, or $TRANSPOSE_PROMOTE_WAIT); then exit 3",
+    )
     p.set_defaults(func=run)
 
 
@@ -49,13 +58,15 @@ def run(args: argparse.Namespace) -> int:
         import mlflow
         from mlflow.exceptions import MlflowException
 
-        from mlops.registry import format_history, history, promote
+        from mlops.registry import PromotionBusy, format_history, history, promote
         from mlops.tracking import tracking_uri
         from pipelines.promote import ModelEntry, evaluate_on_data, register_and_promote
     except ImportError as err:
         raise ValueError(
             f"transpose promote needs MLflow and the pipeline extras ({err}): pip install '.[pipeline]'"
         ) from None
+    if args.wait is not None and args.wait <= 0:
+        raise ValueError(f"--wait {args.wait}: must be a positive number of seconds")
     try:
         if args.history:
             mlflow.set_tracking_uri(args.tracking_uri or tracking_uri())
@@ -71,14 +82,19 @@ def run(args: argparse.Namespace) -> int:
             if not args.evaluation:
                 raise ValueError("--run needs --evaluation: the evaluation stage's RUN_evaluation.json of that run")
             entry = ModelEntry(run=args.run, evaluation=args.evaluation)
-            report = register_and_promote(args.name, entry, args.alias, evaluate, args.tracking_uri)
+            report = register_and_promote(args.name, entry, args.alias, evaluate, args.tracking_uri, args.wait)
             if "skipped" in report:
                 raise FileNotFoundError(report["skipped"])
             return 1 if report["reason"].startswith("refused") else 0
         mlflow.set_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri())
-        decision = promote(args.name, args.version, metric=args.metric, alias=args.alias, evaluate=evaluate)
+        decision = promote(
+            args.name, args.version, metric=args.metric, alias=args.alias, evaluate=evaluate, wait=args.wait
+        )
         verb = "moved" if decision.moved else "kept"
         print(f"{args.name} v{decision.candidate}: {verb} {args.alias} ({decision.reason})")
         return 1 if decision.refused else 0
+    except PromotionBusy as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     except MlflowException as err:
         raise ValueError(f"MLflow: {err.message}") from None

@@ -9,7 +9,9 @@ NAME_evaluation.json for it}. Everything else is read from there: the logged mod
 (run/mlflow_run.json), the model card (run/model.json), the metrics, the gate metric of the dataset kind, and
 the data they were computed on (fingerprinted). A champion scored on other data is re-evaluated on the
 candidate's with the evaluation stage's own code. A model whose run has no mlflow_run.json (it trained with
---no-mlflow) is skipped, with the reason in the decisions file.
+--no-mlflow) is skipped, with the reason in the decisions file. Promoters elsewhere (other machines on the same
+tracking server) take turns with this one through the registry; a turn not granted within
+$TRANSPOSE_PROMOTE_WAIT seconds (300) stops the stage with the holder's name and lease.
 """
 
 from __future__ import annotations
@@ -114,15 +116,17 @@ def register_and_promote(
     alias: str = DEFAULT_ALIAS,
     evaluate: Evaluate | None = evaluate_on_data,
     tracking_uri: str | None = None,
+    wait: float | None = None,
 ) -> dict:
-    """Register the entry's model and promote it; a report for the decisions file."""
+    """Register the entry's model and promote it (waiting at most `wait` seconds for the promotion turn, default
+    $TRANSPOSE_PROMOTE_WAIT or 300); a report for the decisions file."""
     if not (Path(entry.run) / "mlflow_run.json").is_file():
         return {
             "skipped": f"{entry.run}/mlflow_run.json is missing: its training stage ran without MLflow "
             "(--no-mlflow), so there is no logged model to register; rerun it with MLflow on"
         }
     record = register_entry(name, entry, tracking_uri)
-    decision = promote(name, record.version, metric=record.gate_metric, alias=alias, evaluate=evaluate)
+    decision = promote(name, record.version, metric=record.gate_metric, alias=alias, evaluate=evaluate, wait=wait)
     report = {"version": record.version, "run_id": record.run_id, **asdict(decision)}
     print(f"{name} v{record.version}: {'moved' if decision.moved else 'kept'} {alias} ({decision.reason})")
     return report

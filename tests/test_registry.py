@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,12 +175,13 @@ def test_holder_on_other_data_is_re_evaluated_or_the_promotion_refused(store):
     assert [d.refused for d in registry.history(name)][:2] == [False, True]
 
 
-def _promote_worker(name: str, version: str, barrier) -> None:
+def _promote_worker(name: str, version: str, barrier, lock: Path) -> None:
     barrier.wait(timeout=120)
-    promote(name, version)
+    promote(name, version, lock=lock)
 
 
-def test_concurrent_promotions_leave_the_best(store):
+def test_concurrent_promotions_leave_the_best(store, tmp_path):
+    """Each promoter with its own lock file, as on separate machines: the registry's turn alone serialises them."""
     data = _data(store.root, "a", 0)
     name = "t-race"
     holder = _register(store, name, 0.4, data)
@@ -188,7 +190,10 @@ def test_concurrent_promotions_leave_the_best(store):
     versions = [_register(store, name, v, data) for v in values]
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(len(versions))
-    workers = [ctx.Process(target=_promote_worker, args=(name, v, barrier)) for v in versions]
+    workers = [
+        ctx.Process(target=_promote_worker, args=(name, v, barrier, tmp_path / f"machine-{i}.lock"))
+        for i, v in enumerate(versions)
+    ]
     for w in workers:
         w.start()
     for w in workers:
@@ -196,9 +201,14 @@ def test_concurrent_promotions_leave_the_best(store):
     assert [w.exitcode for w in workers] == [0] * len(workers)
     assert _champion(name) == versions[values.index(0.7)]
     past = registry.history(name)
-    assert len(past) == 1 + len(values)
+    assert [d.seq for d in past] == list(range(1, len(values) + 2))
     assert sorted(d.candidate for d in past[1:]) == sorted(versions)
+    value_of, current = dict(zip([holder, *versions], [0.4, *values])), holder
+    for d in past[1:]:  # each decided against the holder of its moment
+        assert d.holder == current and d.moved == (value_of[d.candidate] > value_of[current]), d
+        current = d.candidate if d.moved else current
     assert not any(d.reason.startswith("repair") for d in past)
+    assert _ticket_ids(name) == []
 
 
 def test_alias_left_on_a_worse_model_is_repaired(store):
@@ -272,3 +282,114 @@ def test_lock_beside_the_store_or_where_told(monkeypatch, tmp_path):
     assert registry.lock_path("http://mlflow:5000").name.startswith("transpose-promote-")
     monkeypatch.setenv(registry.LOCK_ENV, str(tmp_path / "shared.lock"))
     assert registry.lock_path("http://mlflow:5000") == tmp_path / "shared.lock"
+
+
+def _foreign_ticket(name: str, expires_in: float, number: int = 1) -> registry.Ticket:
+    """A ticket another promoter (another machine) holds on `name`."""
+    now = time.time()
+    ticket = registry.Ticket("f" * 32, number, "ci@other-machine pid 4242", "champion", now - 5, now + expires_in)
+    mlflow.MlflowClient().set_registered_model_tag(name, ticket.key, ticket.value())
+    return ticket
+
+
+def _ticket_ids(name: str) -> list[str]:
+    return [t.id for t in registry.tickets(mlflow.MlflowClient(), name)]
+
+
+def test_a_held_turn_refuses_after_the_wait_naming_the_holder(store, capsys):
+    from cli.main import main
+
+    data = _data(store.root, "a", 0)
+    name = "t-busy"
+    holder, candidate = (_register(store, name, v, data) for v in (0.4, 0.6))
+    promote(name, holder)
+    ticket = _foreign_ticket(name, expires_in=60)
+    started = time.monotonic()
+    busy = r"ci@other-machine pid 4242 \(.*number 1, .*lease until 20\d\d-.*\) holds the promotion turn.*waiting 1s"
+    with pytest.raises(registry.PromotionBusy, match=busy):
+        promote(name, candidate, wait=1.0)
+    assert time.monotonic() - started < 10
+    assert _champion(name) == holder and len(registry.history(name)) == 1  # nothing decided
+    assert _ticket_ids(name) == [ticket.id]  # this promoter took its own ticket back
+    capsys.readouterr()
+    assert main(["promote", "--name", name, "--version", candidate, "--wait", "0.5"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("error: t-busy@champion: ci@other-machine") and "Traceback" not in err
+
+    # the holder died: once its lease has run out its ticket no longer blocks anyone
+    _foreign_ticket(name, expires_in=-1)
+    decision = promote(name, candidate, wait=5.0)
+    assert decision.moved and decision.seq == 2 and _champion(name) == candidate
+
+
+def test_a_promoter_whose_lease_lapsed_stops_before_writing(store, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    data = _data(store.root, "a", 0)
+    name = "t-lapse"
+    _register(store, name, 0.4, data)
+    client = mlflow.MlflowClient()
+    with registry.registry_turn(client, name, "champion", lease=0.6, wait=5) as turn:
+        turn.check()  # held
+        assert len(_ticket_ids(name)) == 1
+
+        def unreachable(*args, **kwargs):
+            raise MlflowException("connection refused", error_code="TEMPORARILY_UNAVAILABLE")
+
+        monkeypatch.setattr(client, "set_registered_model_tag", unreachable)  # renewals fail from now on
+        time.sleep(0.6)
+        with pytest.raises(RegistryError, match="t-lapse@champion: this promoter lost its promotion turn"):
+            turn.check()
+    assert _ticket_ids(name) == []  # taken back all the same
+
+
+def test_a_writer_outside_the_turn_cannot_share_a_decision_number(store, monkeypatch):
+    """An older promoter (no tickets) writes decision #2 at the same moment: this one takes #3."""
+    from mlflow import MlflowClient
+
+    data = _data(store.root, "a", 0)
+    name = "t-legacy"
+    first, second, legacy = (_register(store, name, v, data) for v in (0.4, 0.6, 0.5))
+    promote(name, first)
+    real = MlflowClient.set_registered_model_tag
+
+    def racing(self, model, key, value):
+        if key.startswith("promotion.000002-") and not key.endswith(f"-v{legacy}"):
+            stale = {**json.loads(value), "candidate": legacy, "candidate_value": 0.5, "moved": False}
+            real(self, model, f"promotion.000002-v{legacy}", json.dumps(stale))
+        return real(self, model, key, value)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_tag", racing)
+    decision = promote(name, second)
+    assert decision.seq == 3 and decision.moved
+    past = registry.history(name)
+    assert [(d.seq, d.candidate) for d in past] == [(1, first), (2, legacy), (3, second)]
+
+
+def test_store_errors_name_the_model_and_what_to_do(store, monkeypatch, capsys):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from cli.main import main
+
+    data = _data(store.root, "a", 0)
+    name = "t-dberror"
+    version = _register(store, name, 0.4, data)
+
+    def integrity(*args, **kwargs):  # what a lock-less concurrent writer made sqlite say (issue probe)
+        raise MlflowException(
+            "(sqlite3.IntegrityError) UNIQUE constraint failed: registered_model_aliases.name\n"
+            "[SQL: INSERT INTO registered_model_aliases (alias, version, name) VALUES (?, ?, ?)]",
+            error_code="BAD_REQUEST",
+        )
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", integrity)
+    with pytest.raises(RegistryError) as caught:
+        promote(name, version)
+    message = str(caught.value)
+    assert message.startswith(f"t-dberror@champion: promoting v{version}: the tracking store sqlite:///")
+    assert "IntegrityError" in message and "[SQL" not in message and "rerun" in message
+    assert _ticket_ids(name) == [] and registry.champion(name) is None
+    capsys.readouterr()
+    assert main(["promote", "--name", name, "--version", version]) == 2
+    assert capsys.readouterr().err.startswith("error: t-dberror@champion: promoting")

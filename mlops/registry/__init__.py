@@ -1,7 +1,7 @@
 """The MLflow model registry: register trained models with their gate metrics, promote the better one.
 
 Modules: `records` (what a version and a decision are), `versions` (reading and registering), `promotion`
-(deciding, recording, repairing), `locking` (the promotion lock), `loading` (a version back as its module).
+(deciding, recording, repairing), `locking` (the promotion turn and lock), `loading` (a version back as its module).
 
 Registering (`register`) makes a new version of a registered model (e.g. `transpose-coco`) from a stage's logged
 model URI, with version tags:
@@ -22,23 +22,32 @@ the candidate version; JSON: time, candidate, holder, both figures, metric, fing
 MLflow keeps no history of alias moves (mlflow/mlflow#2169); `history(name)` reads them back in order. Being
 tags, they live in the tracking store itself and work the same with a remote tracking server.
 
-Concurrency: read holder, compare, set alias and record run under an exclusive fcntl lock. Its file is
-`TRANSPOSE_PROMOTE_LOCK` when set, else beside the store (`<db>.promote.lock` for `sqlite:///<db>`,
-`<dir>/promote.lock` for a file store). After setting, the champion is checked against the best version the
-recorded decisions moved the alias to on the same data since the data last changed, and put back if worse.
-
-Limitation, remote tracking servers (http[s]://, databricks): MLflow has no compare-and-set for aliases, so
-the lock protects only promoters that share its file. Set TRANSPOSE_PROMOTE_LOCK to a path on a filesystem
-every promoter mounts (with working fcntl locks, e.g. NFSv4); otherwise the lock falls back to a file in the
-machine's temp folder, which serialises promotions on one machine only. Promoters on different machines
-without a shared lock can then interleave: the after-set check puts an alias left on a worse model back as
-soon as either promoter's record is visible to the other, but a window remains where `@champion` resolves to
-the worse model, and two decisions can share a number (the `-vV` suffix keeps both records unless both
-promote the same version).
+Concurrency: promoters of one registered model take turns through the registry itself (`locking`): each
+writes a ticket tag `transpose.ticket.<uuid>` (owner, number, expiry), draws a number above every live ticket,
+and proceeds when no live ticket is ahead of it (Lamport's bakery: MLflow has no compare-and-set, but single
+tags are read and written atomically). So promoters on different machines, sharing only a tracking server,
+never decide against a stale holder and never share a decision number; the number is taken within the turn,
+written, and read back. A held turn renews its lease (TRANSPOSE_PROMOTE_LEASE, 60 s) so a crashed promoter
+blocks the others for at most that long; a promoter that waited TRANSPOSE_PROMOTE_WAIT (300 s) gets a
+`PromotionBusy` naming the holder and its expiry. On one machine promoters first queue on an fcntl lock
+(`TRANSPOSE_PROMOTE_LOCK`, else beside a local store, else in the temp folder): a fast path, not needed for
+correctness. After setting, the champion is still checked against the best version the recorded decisions
+moved the alias to on the same data, and put back if worse (writers that bypass the turn). Errors of the
+store (MLflow, database, HTTP) surface as a `RegistryError` naming the model and alias and what to do.
 """
 
 from mlops.registry.loading import download_checkpoint, load_registered_model
-from mlops.registry.locking import LOCK_ENV, file_lock, lock_path
+from mlops.registry.locking import (
+    LEASE_ENV,
+    LOCK_ENV,
+    TICKET_PREFIX,
+    WAIT_ENV,
+    Ticket,
+    file_lock,
+    lock_path,
+    registry_turn,
+    tickets,
+)
 from mlops.registry.promotion import format_history, history, promote
 from mlops.registry.records import (
     CARD,
@@ -47,6 +56,7 @@ from mlops.registry.records import (
     Decision,
     EvalData,
     Evaluate,
+    PromotionBusy,
     RegistryError,
     VersionRecord,
 )
@@ -56,11 +66,16 @@ __all__ = [
     "CARD",
     "CHECKPOINT",
     "DEFAULT_ALIAS",
+    "LEASE_ENV",
     "LOCK_ENV",
+    "TICKET_PREFIX",
+    "WAIT_ENV",
     "Decision",
     "EvalData",
     "Evaluate",
+    "PromotionBusy",
     "RegistryError",
+    "Ticket",
     "VersionRecord",
     "champion",
     "download_checkpoint",
@@ -72,6 +87,8 @@ __all__ = [
     "lock_path",
     "promote",
     "register",
+    "registry_turn",
     "resolve",
     "run_card",
+    "tickets",
 ]

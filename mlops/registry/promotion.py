@@ -4,13 +4,25 @@ decision as a registered-model tag (MLflow keeps no history of alias moves, mlfl
 from __future__ import annotations
 
 import json
+import random
+import time
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlops.registry.locking import file_lock, lock_path
+from mlops.registry.locking import (
+    LEASE_ENV,
+    LEASE_S,
+    WAIT_ENV,
+    WAIT_S,
+    Turn,
+    file_lock,
+    lock_path,
+    registry_turn,
+    seconds,
+)
 from mlops.registry.records import (
     DEFAULT_ALIAS,
     HISTORY_PREFIX,
@@ -20,7 +32,15 @@ from mlops.registry.records import (
     RegistryError,
     VersionRecord,
 )
-from mlops.registry.versions import champion, get_version, mlflow_client, numeric, registered_model, tracking_uri
+from mlops.registry.versions import (
+    champion,
+    get_version,
+    mlflow_client,
+    numeric,
+    registered_model,
+    store_errors,
+    tracking_uri,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -29,7 +49,8 @@ if TYPE_CHECKING:
 def history(name: str, client: MlflowClient | None = None) -> list[Decision]:
     """Every promotion decision recorded for `name`, oldest first."""
     client = client or mlflow_client()
-    tags = registered_model(client, name).tags or {}
+    with store_errors(f"{name}: reading the promotion history"):
+        tags = registered_model(client, name).tags or {}
     decisions = []
     for key, value in tags.items():
         number = key.removeprefix(HISTORY_PREFIX).split("-", 1)[0]
@@ -39,13 +60,28 @@ def history(name: str, client: MlflowClient | None = None) -> list[Decision]:
     return sorted(decisions, key=lambda d: (d.seq, d.time))
 
 
-def _record(client: MlflowClient, name: str, decision: Decision) -> Decision:
-    past = history(name, client)
-    seq = (past[-1].seq if past else 0) + 1
-    decision = Decision(**{**asdict(decision), "seq": seq})
-    key = f"{HISTORY_PREFIX}{seq:06d}-v{decision.candidate}"
-    client.set_registered_model_tag(name, key, json.dumps(asdict(decision)))
-    return decision
+def _key(decision: Decision) -> str:
+    return f"{HISTORY_PREFIX}{decision.seq:06d}-v{decision.candidate}"
+
+
+def _record(client: MlflowClient, name: str, decision: Decision, turn: Turn, attempts: int = 5) -> Decision:
+    """Write `decision` under the next number, then read the history back: if another writer (one without the
+    turn: an older version of this code, or one whose lease lapsed) took the same number, take the next one."""
+    for _ in range(attempts):
+        past = history(name, client)
+        numbered = replace(decision, seq=max((d.seq for d in past), default=0) + 1)
+        turn.check()
+        client.set_registered_model_tag(name, _key(numbered), json.dumps(asdict(numbered)))
+        same = [d for d in history(name, client) if d.seq == numbered.seq]
+        if same == [numbered]:
+            return numbered
+        if numbered in same:  # beside another writer's: give the number up (else it overwrote this one's key)
+            client.delete_registered_model_tag(name, _key(numbered))
+        time.sleep(random.uniform(0.05, 0.3))
+    raise RegistryError(
+        f"{name}: decision numbers kept colliding with another writer's ({attempts} tries): a promoter is writing "
+        "decisions without taking the promotion turn (an older version of this code?); upgrade it and rerun"
+    )
 
 
 def _figure(value: float | None) -> str:
@@ -71,14 +107,22 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _cache_evaluation(client: MlflowClient, holder: VersionRecord, data: EvalData, metrics: Mapping) -> None:
+def _cache_evaluation(
+    client: MlflowClient, holder: VersionRecord, data: EvalData, metrics: Mapping, turn: Turn
+) -> None:
+    turn.check()
     for metric, value in numeric(metrics).items():
         key = f"eval.{data.fingerprint[:16]}.{metric}"
         client.set_model_version_tag(holder.name, holder.version, key, repr(value))
 
 
 def _holder_value(
-    client: MlflowClient, holder: VersionRecord, candidate: VersionRecord, metric: str, evaluate: Evaluate | None
+    client: MlflowClient,
+    holder: VersionRecord,
+    candidate: VersionRecord,
+    metric: str,
+    evaluate: Evaluate | None,
+    turn: Turn,
 ) -> tuple[float | None, str]:
     """The holder's `metric` on the candidate's data, or None with the reason it is unknown."""
     data = candidate.data
@@ -95,7 +139,7 @@ def _holder_value(
     metrics = dict(evaluate(holder, data))
     if metric not in metrics:
         raise RegistryError(f"the evaluate callable returned no {metric!r} (have: {', '.join(sorted(metrics))})")
-    _cache_evaluation(client, holder, data, metrics)
+    _cache_evaluation(client, holder, data, metrics, turn)
     return float(metrics[metric]), f"holder re-evaluated on the candidate's data ({data.fingerprint[:12]}); "
 
 
@@ -106,6 +150,7 @@ def _decide(
     metric: str,
     alias: str,
     evaluate: Evaluate | None,
+    turn: Turn,
 ) -> Decision:
     value = candidate.metrics[metric]
     base = dict(time=_now(), alias=alias, metric=metric, candidate=candidate.version, candidate_value=value)
@@ -116,7 +161,7 @@ def _decide(
     if holder.version == candidate.version:
         own = holder.metrics.get(metric)
         return Decision(**base, holder_value=own, moved=False, reason=f"v{holder.version} already holds {alias}")
-    held, note = _holder_value(client, holder, candidate, metric, evaluate)
+    held, note = _holder_value(client, holder, candidate, metric, evaluate, turn)
     if held is None:
         return Decision(**base, holder_value=None, moved=False, reason=note)
     moved = value > held
@@ -134,7 +179,7 @@ def _best_moved(decisions: list[Decision], alias: str, metric: str, fingerprint:
     return max(since, key=lambda d: (d.candidate_value, -d.seq), default=None)
 
 
-def _repair(client: MlflowClient, name: str, alias: str, metric: str, data: EvalData) -> Decision | None:
+def _repair(client: MlflowClient, name: str, alias: str, metric: str, data: EvalData, turn: Turn) -> Decision | None:
     """Put the alias back on the best moved-to version if a concurrent promoter left it on a worse one."""
     best = _best_moved(history(name, client), alias, metric, data.fingerprint)
     current = champion(name, alias, client)
@@ -143,6 +188,7 @@ def _repair(client: MlflowClient, name: str, alias: str, metric: str, data: Eval
     current_value = current.value_on(metric, data)
     if current_value is None or current_value >= best.candidate_value:
         return None
+    turn.check()
     client.set_registered_model_alias(name, alias, best.candidate)
     repair = Decision(
         time=_now(),
@@ -157,7 +203,7 @@ def _repair(client: MlflowClient, name: str, alias: str, metric: str, data: Eval
         reason=f"repair: v{current.version} held {alias} though decision #{best.seq} moved it to the better "
         f"v{best.candidate}",
     )
-    return _record(client, name, repair)
+    return _record(client, name, repair, turn)
 
 
 def promote(
@@ -167,11 +213,18 @@ def promote(
     alias: str = DEFAULT_ALIAS,
     evaluate: Evaluate | None = None,
     lock: Path | None = None,
+    wait: float | None = None,
+    lease: float | None = None,
 ) -> Decision:
     """Move `alias` to `version` if it beats the holder on the gate metric on the same data; record the decision.
 
     `evaluate(holder, data) -> metrics` re-scores a holder evaluated on other data; without it such a promotion
     is refused (recorded, alias unchanged; `Decision.refused`).
+
+    Concurrent promoters of `name` take turns through tickets in the registry (`locking.registry_turn`), on one
+    machine first through the file lock `lock` (default `lock_path`). `wait` (default $TRANSPOSE_PROMOTE_WAIT or
+    300 s) bounds the wait for the turn, then PromotionBusy names the holder; `lease` (default
+    $TRANSPOSE_PROMOTE_LEASE or 60 s) is how long a crashed promoter's ticket blocks the others.
     """
     client = mlflow_client()
     candidate = get_version(name, version, client)
@@ -186,11 +239,18 @@ def promote(
             f"{name} v{candidate.version} has no data.fingerprint tag: register versions with "
             "`transpose promote --run RUN --evaluation FILE` so the evaluation data is recorded"
         )
-    with file_lock(lock or lock_path(tracking_uri())):
-        holder = champion(name, alias, client)
-        decision = _decide(client, candidate, holder, metric, alias, evaluate)
-        if decision.moved:
-            client.set_registered_model_alias(name, alias, candidate.version)
-        decision = _record(client, name, decision)
-        _repair(client, name, alias, metric, candidate.data)
+    wait = wait or seconds(WAIT_ENV, WAIT_S)
+    lease = lease or seconds(LEASE_ENV, LEASE_S)
+    deadline = time.monotonic() + wait
+    with file_lock(lock or lock_path(tracking_uri()), timeout=wait):
+        left = max(deadline - time.monotonic(), 1.0)
+        turn = registry_turn(client, name, alias, lease=lease, wait=left)
+        with turn as held, store_errors(f"{name}@{alias}: promoting v{candidate.version}"):
+            holder = champion(name, alias, client)
+            decision = _decide(client, candidate, holder, metric, alias, evaluate, held)
+            if decision.moved:
+                held.check()
+                client.set_registered_model_alias(name, alias, candidate.version)
+            decision = _record(client, name, decision, held)
+            _repair(client, name, alias, metric, candidate.data, held)
     return decision

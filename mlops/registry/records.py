@@ -20,6 +20,10 @@ class RegistryError(ValueError):
     """A registry request that cannot be served; the message says what to fix."""
 
 
+class PromotionBusy(RegistryError):
+    """Another promoter held the promotion turn of a registered model for longer than this one would wait."""
+
+
 @dataclass(frozen=True)
 class EvalData:
     """The data a gate metric was computed on, with its fingerprint."""

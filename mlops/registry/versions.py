@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,49 @@ def tracking_uri() -> str:
 
 def missing(err: Exception) -> bool:
     return getattr(err, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
+
+
+def _store_exceptions() -> tuple[type[BaseException], ...]:
+    """What the tracking store raises: MLflow's own, and database or HTTP errors that escape it."""
+    from mlflow.exceptions import MlflowException
+
+    kinds: list[type[BaseException]] = [MlflowException]
+    try:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        kinds.append(SQLAlchemyError)
+    except ImportError:
+        pass
+    try:
+        from requests.exceptions import RequestException
+
+        kinds.append(RequestException)
+    except ImportError:
+        pass
+    return tuple(kinds)
+
+
+def store_failure(what: str, err: BaseException) -> RegistryError:
+    """`err` from the tracking store as a RegistryError saying what failed and what to do."""
+    detail = getattr(err, "message", None) or str(err) or type(err).__name__
+    code = getattr(err, "error_code", "")
+    detail = str(detail).strip().splitlines()[0][:300]  # a database error's first line, without its SQL
+    return RegistryError(
+        f"{what}: the tracking store {tracking_uri()} failed ({code + ': ' if code else ''}{detail}). Whatever "
+        "completed before it stands; rerun the command (repeating a promotion is safe), and if this persists "
+        "check the tracking server and MLFLOW_TRACKING_URI"
+    )
+
+
+@contextmanager
+def store_errors(what: str) -> Iterator[None]:
+    """MLflow / database / connection errors inside the block raised as a RegistryError (see `store_failure`)."""
+    try:
+        yield
+    except RegistryError:
+        raise
+    except _store_exceptions() as err:
+        raise store_failure(what, err) from err
 
 
 def registered_model(client: MlflowClient, name: str):
@@ -73,14 +117,15 @@ def get_version(name: str, version: str | int, client: MlflowClient | None = Non
     from mlflow.exceptions import MlflowException
 
     client = client or mlflow_client()
-    registered_model(client, name)
-    try:
-        return record_of(client.get_model_version(name, str(version)))
-    except MlflowException as err:
-        if not missing(err):
-            raise
-        versions = sorted(int(mv.version) for mv in client.search_model_versions(f"name='{name}'"))
-        raise RegistryError(f"{name} has no version {version} (versions: {versions or 'none'})") from None
+    with store_errors(f"{name}: reading version {version}"):
+        registered_model(client, name)
+        try:
+            return record_of(client.get_model_version(name, str(version)))
+        except MlflowException as err:
+            if not missing(err):
+                raise
+            versions = sorted(int(mv.version) for mv in client.search_model_versions(f"name='{name}'"))
+            raise RegistryError(f"{name} has no version {version} (versions: {versions or 'none'})") from None
 
 
 def champion(name: str, alias: str = DEFAULT_ALIAS, client: MlflowClient | None = None) -> VersionRecord | None:
@@ -88,15 +133,16 @@ def champion(name: str, alias: str = DEFAULT_ALIAS, client: MlflowClient | None 
     from mlflow.exceptions import MlflowException
 
     client = client or mlflow_client()
-    model = registered_model(client, name)
-    if alias not in (model.aliases or {}):
-        return None
-    try:
-        return record_of(client.get_model_version_by_alias(name, alias))
-    except MlflowException as err:
-        if missing(err):
+    with store_errors(f"{name}@{alias}: reading the alias"):
+        model = registered_model(client, name)
+        if alias not in (model.aliases or {}):
             return None
-        raise
+        try:
+            return record_of(client.get_model_version_by_alias(name, alias))
+        except MlflowException as err:
+            if missing(err):
+                return None
+            raise
 
 
 def resolve(uri: str, client: MlflowClient | None = None) -> VersionRecord:
@@ -110,7 +156,8 @@ def resolve(uri: str, client: MlflowClient | None = None) -> VersionRecord:
         return get_version(name, match["version"], client)
     held = champion(name, alias, client)
     if held is None:
-        aliases = sorted(registered_model(client, name).aliases or {})
+        with store_errors(f"{uri}: reading the aliases"):
+            aliases = sorted(registered_model(client, name).aliases or {})
         raise RegistryError(
             f"{name} has no alias {alias!r} (aliases: {', '.join(aliases) or 'none'}); promote a version first: "
             f"`transpose promote --name {name} --version N --alias {alias}`"
@@ -164,15 +211,16 @@ def register(
     if gate_metric not in metrics:
         raise RegistryError(f"metrics have no {gate_metric!r} (have: {', '.join(sorted(metrics))})")
     client = mlflow_client()
-    for mv in client.search_model_versions(f"name='{name}'"):
-        record = record_of(mv)
-        if _same_registration(record, run_id, metrics, data):
-            return record
-    tags = {f"metric.{k}": repr(v) for k, v in numeric(metrics).items()}
-    tags.update(data.tags())
-    tags.update({"gate.metric": gate_metric, "run_id": run_id})
-    card = card if card is not None else run_card(run_id)
-    if card is not None:
-        tags["model_card"] = json.dumps(card, sort_keys=True)
-    mv = mlflow.register_model(model_uri, name, tags=tags)
+    with store_errors(f"{name}: registering {model_uri} (run {run_id})"):
+        for mv in client.search_model_versions(f"name='{name}'"):
+            record = record_of(mv)
+            if _same_registration(record, run_id, metrics, data):
+                return record
+        tags = {f"metric.{k}": repr(v) for k, v in numeric(metrics).items()}
+        tags.update(data.tags())
+        tags.update({"gate.metric": gate_metric, "run_id": run_id})
+        card = card if card is not None else run_card(run_id)
+        if card is not None:
+            tags["model_card"] = json.dumps(card, sort_keys=True)
+        mv = mlflow.register_model(model_uri, name, tags=tags)
     return get_version(name, mv.version, client)
