@@ -79,21 +79,23 @@ def test_a_damaged_checkpoint_falls_back_and_the_run_ends_as_if_nothing_happened
     assert all(torch.equal(reference[k], recovered[k]) for k in reference)
 
 
-def test_a_full_disk_says_enospc_and_keeps_the_last_good_checkpoint(shards, tmp_path):
-    """out_dir on a small tmpfs (a private mount namespace), filled once the first checkpoint is written."""
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_full_disk_says_enospc_and_keeps_the_last_good_checkpoint(shards, tmp_path, processes):
+    """out_dir on a 14 MiB tmpfs (a private mount namespace) that holds two checkpoints of 5.5 MB but not a
+    third: one process fails writing it (the half-written folder is removed), two processes check the free
+    space first (a rank failing inside DeepSpeed's save would leave the other waiting) and write nothing."""
     if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
         pytest.skip("no user/mount namespaces here (unshare -rm) for a small tmpfs")
     disk, report = tmp_path / "disk", tmp_path / "report"
     disk.mkdir()
     report.mkdir()
-    params = write_params(disk, shards, "run", batch=4, **TRAIN)
+    params = write_params(disk, shards, "run", 4 // processes, processes=processes, **TRAIN)
     params = params.rename(tmp_path / "run.yaml")
     ckpt = disk / "run" / "checkpoints"
-    train = " ".join(command(params, 1))
+    train = " ".join(command(params, processes))
     script = f"""
         set -u
-        mount -t tmpfs -o size=16m tmpfs {disk}
-        ( while [ ! -f {ckpt}/latest.json ]; do sleep 0.01; done; head -c 64m /dev/zero > {disk}/filler 2>/dev/null ) &
+        mount -t tmpfs -o size=14m tmpfs {disk}
         cd {REPO} && {train} > {report}/out.txt 2>&1
         echo $? > {report}/rc
         ls {ckpt} > {report}/listing.txt
@@ -104,10 +106,11 @@ def test_a_full_disk_says_enospc_and_keeps_the_last_good_checkpoint(shards, tmp_
     output = (report / "out.txt").read_text()
     assert (report / "rc").read_text().strip() != "0"
     assert "no space left on the device writing checkpoint" in output and "ENOSPC" in output, output[-3000:]
+    assert ("nothing was written" in output) == (processes == 2)
     listing = (report / "listing.txt").read_text().split()
     sealed = (report / "sealed.txt").read_text().split()
     pointer = json.loads((report / "latest.json").read_text())
-    assert pointer["tag"] in sealed  # the pointer stays on the last good checkpoint
+    assert len(sealed) == 2 and pointer["tag"] == max(sealed)  # the pointer stays on the last good checkpoint
     assert sorted(t for t in listing if t.startswith("e")) == sorted(sealed)  # no half-written folder left
 
 

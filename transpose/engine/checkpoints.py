@@ -142,6 +142,36 @@ def find_resumable(ckpt_dir: Path) -> Resumable | None:
     return None
 
 
+def stale_tags(ckpt_dir: Path, keep: int) -> list[Path]:
+    """What to remove after a save: sealed folders beyond the newest `keep`, and unsealed ones (saves cut
+    short) older than the newest sealed one."""
+    sealed = [t for t in tags_newest_first(ckpt_dir) if (t / SEAL).is_file()]
+    newest = sealed[0].name if sealed else ""
+    unsealed = [t for t in tags_newest_first(ckpt_dir) if not (t / SEAL).is_file() and t.name < newest]
+    return sealed[keep:] + unsealed
+
+
+def space_shortfall(ckpt_dir: Path, tag_dir: Path) -> str | None:
+    """Before a save on several processes: an ENOSPC message when the disk has less room than the newest
+    checkpoint took (plus 10%), else None. (One process relies on the write error itself.)"""
+    sealed = [t for t in tags_newest_first(ckpt_dir) if (t / SEAL).is_file()]
+    if not sealed:
+        return None
+    try:
+        files = json.loads((sealed[0] / SEAL).read_text())["files"]
+        need = int(1.1 * sum(size for size, _ in files.values()))
+        free = shutil.disk_usage(ckpt_dir).free
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if free >= need:
+        return None
+    return (
+        f"no space left on the device writing checkpoint {tag_dir} (ENOSPC: it needs about {need / 2**20:.1f} "
+        f"MiB, {free / 2**20:.1f} MiB free on {ckpt_dir}): free space or point out_dir elsewhere, then run the "
+        f"same command again to resume; nothing was written and {sealed[0]} stays the checkpoint to resume from"
+    )
+
+
 def remove_tag(tag_dir: Path) -> None:
     """Remove a tag folder, its seal first, so that a removal cut short never leaves a sealed partial folder."""
     (tag_dir / SEAL).unlink(missing_ok=True)

@@ -44,8 +44,9 @@ from transpose.engine.checkpoints import (
     find_resumable,
     remove_tag,
     seal,
+    space_shortfall,
+    stale_tags,
     tag_name,
-    tags_newest_first,
     write_json_durably,
 )
 from transpose.engine.config import TrainConfig
@@ -187,6 +188,10 @@ class Trainer:
         A failed write (a full disk) removes the half-written folder and raises, the previous one in force."""
         tag = tag_name(self.epoch, self.step_in_epoch)
         tag_dir = self.ckpt_dir / tag
+        if self.world_size > 1:  # a rank failing inside DeepSpeed's save would leave the others in its barrier
+            short = broadcast_object(space_shortfall(self.ckpt_dir, tag_dir) if is_main() else None)
+            if short:
+                raise CheckpointError(short)
         error = None
         try:
             self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, save_latest=False)
@@ -212,7 +217,7 @@ class Trainer:
             where = f"{kept.tag_dir} stays the checkpoint to resume from" if kept else "no earlier checkpoint exists"
             raise CheckpointError(f"{errors[0]}; the half-written folder was removed and {where}")
         if is_main():
-            for old in tags_newest_first(self.ckpt_dir)[self.config.keep_checkpoints :]:
+            for old in stale_tags(self.ckpt_dir, self.config.keep_checkpoints):
                 remove_tag(old)
         barrier()
         return tag
