@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from scipy.io import loadmat
 
 from cli.args import parse_floats
 from transpose.evaluation import (
+    MpiiFormatError,
     evaluate_coco,
     evaluate_mpii,
     format_coco_table,
@@ -19,6 +19,8 @@ from transpose.evaluation import (
     load_coco_results,
     load_mpii_ground_truth,
 )
+from transpose.evaluation.coco import read_json
+from transpose.evaluation.mpii import check_predictions, read_mat
 
 COCO_DESCRIPTION = """OKS AP (pycocotools) of a COCO results file against any COCO-format keypoint file.
 Writes AP, AP50, AP75, APm, APl, AR (and AR50, AR75, ARm, ARl) to --out.
@@ -74,8 +76,8 @@ def run_coco(args: argparse.Namespace) -> int:
     gt = load_coco_ground_truth(args.ann, sigmas=args.sigmas)
     for note in gt.notes:
         print(f"note: {note}")
-    results = load_coco_results(args.results, gt.keypoint_set.num_keypoints)
-    metrics, summary = evaluate_coco(gt, results)
+    results = load_coco_results(args.results, gt.keypoint_set.num_keypoints, category_id=gt.category_id)
+    metrics, summary = evaluate_coco(gt, results, source=args.results)
     print(summary.rstrip())
     print(format_coco_table(metrics))
     write_metrics(metrics, args.out)
@@ -91,26 +93,40 @@ def run_coco(args: argparse.Namespace) -> int:
 
 
 def load_mpii_predictions(path: str | Path) -> np.ndarray:
-    """0-based [N, 16, 2] joints from a .mat ('preds'), .npy or JSON (lists, or {joints} entries) file."""
+    """0-based [N, 16, 2] joints from a .mat ('preds'), .npy or JSON (lists, or {joints} entries) file; a file
+    that cannot be read as one is an MpiiFormatError naming it."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"predictions file {p} does not exist")
+    layout = "expected [N, 16, 2] joints (.mat with 'preds', .npy, or a JSON list of joints or {joints} entries)"
     if p.suffix == ".mat":
-        mat = loadmat(str(p))
+        mat = read_mat(p, "MPII predictions (pred.mat)")
         if "preds" not in mat:
-            raise ValueError(f"{p} has no 'preds' array (the reference's pred.mat layout)")
-        return np.asarray(mat["preds"])[..., :2]
-    if p.suffix == ".npy":
-        return np.load(p)[..., :2]
-    data = json.loads(p.read_text())
-    if data and isinstance(data[0], dict):
-        data = [entry["joints"] for entry in data]
-    return np.asarray(data, dtype=np.float64)[..., :2]
+            raise MpiiFormatError(f"{p} has no 'preds' array (the reference's pred.mat layout)")
+        data = mat["preds"]
+    elif p.suffix == ".npy":
+        try:
+            data = np.load(p, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise MpiiFormatError(f"{p} is not a readable .npy array ({err}); {layout}") from None
+    else:
+        data = read_json(p, "MPII predictions (JSON)", MpiiFormatError)
+        if isinstance(data, list) and data and all(isinstance(entry, dict) for entry in data):
+            if not all("joints" in entry for entry in data):
+                raise MpiiFormatError(f"{p}: an entry has no 'joints'; {layout}")
+            data = [entry["joints"] for entry in data]
+    try:
+        array = np.asarray(data, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise MpiiFormatError(f"{p}: not an array of numbers ({err}); {layout}") from None
+    if array.ndim != 3 or array.shape[1:] not in ((16, 2), (16, 3)):
+        raise MpiiFormatError(f"{p}: joints of shape {array.shape}; {layout}")
+    return array[..., :2]
 
 
 def run_mpii(args: argparse.Namespace) -> int:
     gt = load_mpii_ground_truth(args.gt)
-    metrics = evaluate_mpii(load_mpii_predictions(args.preds), gt)
+    metrics = evaluate_mpii(check_predictions(load_mpii_predictions(args.preds), gt, source=args.preds), gt)
     print(format_mpii_table(metrics))
     print("Mean@0.1 is PCKh at 0.1; the reference labels its PCKh at 0.11 as 'Mean@0.1' (last column).")
     write_metrics(metrics, args.out)

@@ -9,6 +9,7 @@ explanation read it back. COCO and MPII are built in.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass
 
@@ -83,22 +84,49 @@ class KeypointSet:
     @classmethod
     def from_dict(cls, data: dict, where: str = "keypoints") -> KeypointSet:
         """The inverse of `to_dict`; a malformed entry raises a KeypointSetError naming `where`."""
+        if not isinstance(data, dict):
+            raise KeypointSetError(f"{where}: not a keypoint set ({type(data).__name__}); expected name, names, ...")
         try:
+            names = data["names"]
+            if not isinstance(names, (list, tuple)):
+                raise KeypointSetError(f"'names' must be a list of keypoint names, got {type(names).__name__}")
+            k = len(names)
             return cls(
                 name=str(data["name"]),
-                names=tuple(data["names"]),
-                flip_pairs=tuple(tuple(p) for p in data.get("flip_pairs") or ()),
-                skeleton=tuple(tuple(p) for p in data.get("skeleton") or ()),
-                sigmas=None if data.get("sigmas") is None else tuple(float(s) for s in data["sigmas"]),
-                upper_body=tuple(data.get("upper_body") or ()),
-                lower_body=tuple(data.get("lower_body") or ()),
+                names=tuple(names),
+                flip_pairs=_index_pairs(data.get("flip_pairs") or (), k, "flip_pairs"),
+                skeleton=_index_pairs(data.get("skeleton") or (), k, "skeleton"),
+                sigmas=None if data.get("sigmas") is None else _positive_floats(data["sigmas"], k, "sigmas", where),
+                upper_body=_indices(data.get("upper_body") or (), k, "upper_body"),
+                lower_body=_indices(data.get("lower_body") or (), k, "lower_body"),
             )
         except KeypointSetError as err:
-            raise KeypointSetError(f"{where}: {err}") from None
+            raise KeypointSetError(f"{where}: {err}" if not str(err).startswith(where) else str(err)) from None
         except (KeyError, TypeError, ValueError) as err:
             raise KeypointSetError(
                 f"{where}: not a keypoint set ({err!r}); expected name, names, flip_pairs, ..."
             ) from None
+
+
+def _is_index(value, k: int) -> bool:
+    """A 0-based keypoint index: an int (not a bool) in 0..k-1."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < k
+
+
+def _indices(value, k: int, label: str) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not all(_is_index(i, k) for i in value):
+        raise KeypointSetError(f"{label} must be a list of keypoint indices in 0..{k - 1}, got {value!r}")
+    return tuple(value)
+
+
+def _index_pairs(value, k: int, label: str) -> tuple[tuple[int, int], ...]:
+    """0-based index pairs (the `to_dict` layout) checked: anything else is an error naming the entry."""
+    if not isinstance(value, (list, tuple)):
+        raise KeypointSetError(f"{label} must be a list of [a, b] keypoint indices, got {value!r}")
+    for entry in value:
+        if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not all(_is_index(i, k) for i in entry):
+            raise KeypointSetError(f"{label} entry {entry!r} is not two indices in 0..{k - 1}")
+    return tuple(tuple(entry) for entry in value)
 
 
 COCO_SIGMAS = (
@@ -237,10 +265,15 @@ def _flip_pairs_from_names(names: tuple[str, ...]) -> tuple[tuple[int, int], ...
 
 
 def _positive_floats(value, k: int, label: str, where: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        values = ()
+    """k positive finite numbers (a list, tuple or array of them; not strings, not bools)."""
+    values: tuple[float, ...] = ()
+    if not isinstance(value, (str, bytes, dict)):
+        try:
+            items = list(value)
+            if all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in items):
+                values = tuple(float(v) for v in items)
+        except (TypeError, ValueError, OverflowError):
+            values = ()
     if len(values) != k or not all(math.isfinite(v) and v > 0 for v in values):
         raise KeypointSetError(f"{where}: {label} must be {k} positive numbers (one per keypoint), got {value!r}")
     return values

@@ -7,43 +7,62 @@ center and the joints. The scale is square [s, s], with no aspect widening.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from dataops.datasets.coco import numbers
 from dataops.datasets.records import PersonRecord, SkipReport
+from transpose.evaluation.coco import read_json, show
+from transpose.evaluation.mpii import MpiiFormatError
 from transpose.keypoints import MPII
+
+ENTRY_HINT = "needs image (a file name), center [x, y], scale, 16 joints [x, y], 16 joints_vis (0 or 1)"
+
+
+def _entry_problem(entry, k: int) -> str | None:
+    """Why an MPII json entry is malformed (wrong keys, types or sizes; joints_vis not 0/1), None if it is not."""
+    if not isinstance(entry, dict):
+        return f"is {show(entry)}, not an object"
+    if not isinstance(entry.get("image"), str) or not entry["image"]:
+        return f"image {show(entry.get('image'))} is not a file name"
+    if numbers([entry.get("scale")], 1) is None or numbers(entry.get("center"), 2) is None:
+        return f"center {show(entry.get('center'))} and scale {show(entry.get('scale'))} must be numbers"
+    joints = entry.get("joints")
+    if not isinstance(joints, list) or len(joints) != k or any(numbers(j, 2) is None for j in joints):
+        return f"joints must be {k} [x, y] pairs of finite numbers"
+    vis = entry.get("joints_vis")
+    if not isinstance(vis, list) or len(vis) != k or not all(isinstance(v, (int, float)) and v in (0, 1) for v in vis):
+        return f"joints_vis {show(vis)} must be {k} flags 0 or 1"
+    return None
 
 
 def read_mpii(
     ann_file: str | Path, image_dir: str | Path, key_prefix: str = "m"
 ) -> tuple[list[PersonRecord], SkipReport]:
+    """The entries of an HRNet/MMPose MPII json as PersonRecords (annotation id = index in the file). A file that
+    is not such a JSON list is an MpiiFormatError naming it; an entry that cannot be used is skipped and counted:
+    malformed annotation (see ENTRY_HINT; NaN/inf included), degenerate box (scale <= 0), no labelled keypoints."""
     ann_file, image_dir = Path(ann_file), Path(image_dir)
-    if not ann_file.is_file():
-        raise FileNotFoundError(f"MPII annotation file {ann_file} does not exist")
-    try:
-        entries = json.loads(ann_file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{ann_file} is not valid JSON ({err}); expected the HRNet/MMPose MPII json list") from err
+    entries = read_json(ann_file, "the HRNet/MMPose MPII json list", MpiiFormatError)
     if not isinstance(entries, list):
-        raise ValueError(f"{ann_file}: expected a JSON list of {{image, joints, joints_vis, center, scale}}")
+        raise MpiiFormatError(f"{ann_file}: expected a JSON list of {{image, joints, joints_vis, center, scale}}")
     report = SkipReport()
     records = []
     k = MPII.num_keypoints
     for index, entry in enumerate(entries):
         where = f"{ann_file}: [{index}]"
-        try:
-            center = np.asarray(entry["center"], dtype=np.float32).reshape(2)
-            s = float(entry["scale"])
-            joints = np.asarray(entry["joints"], dtype=np.float32).reshape(k, 2)
-            vis = np.asarray(entry["joints_vis"], dtype=np.float32).reshape(k)
-            image = str(entry["image"])
-        except (KeyError, TypeError, ValueError):
-            report.add("malformed annotation", f"{where}: needs image, center [x,y], scale, 16 joints, 16 joints_vis")
+        problem = _entry_problem(entry, k)
+        if problem is not None:
+            report.add("malformed annotation", f"{where}: {problem}; {ENTRY_HINT}")
             continue
-        if not (np.isfinite(center).all() and np.isfinite(joints).all() and np.isfinite(s)) or s <= 0:
-            report.add("degenerate box", f"{where}: center {center.tolist()} scale {s}")
+        center = numbers(entry["center"], 2)
+        s = float(numbers([entry["scale"]], 1)[0])
+        joints = np.stack([numbers(j, 2) for j in entry["joints"]])
+        vis = np.asarray(entry["joints_vis"], dtype=np.float32)
+        image = entry["image"]
+        if s <= 0:
+            report.add("degenerate box", f"{where}: center {center.tolist()} scale {show(entry['scale'])}")
             continue
         if vis.max() <= 0:
             report.add("no labelled keypoints", where)
@@ -52,6 +71,9 @@ def read_mpii(
         if center[0] != -1:
             center[1] += 15 * scale[1]
             scale *= 1.25
+        if not (np.isfinite(center).all() and np.isfinite(scale).all() and (scale > 0).all()):
+            report.add("degenerate box", f"{where}: center {center.tolist()} scale {show(entry['scale'])}")
+            continue
         records.append(
             PersonRecord(
                 key=f"{key_prefix}{index}",

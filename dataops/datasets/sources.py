@@ -17,6 +17,7 @@ source's `sigmas` param for a set that is not COCO's), or MPII's joints.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,19 @@ from pathlib import Path
 from dataops.datasets.coco import load_keypoint_file, read_coco_detections, read_coco_keypoints
 from dataops.datasets.mpii import read_mpii
 from dataops.datasets.records import PersonRecord, SkipReport
+from transpose.evaluation.coco import is_number
 from transpose.evaluation.protocols import DATASET_KINDS
 from transpose.keypoints import MPII, KeypointSet
 
 SPLIT_KEYS = {"annotations", "images", "detections", "ground_truth"}
+
+
+def _is_sigma(value) -> bool:
+    """A positive finite number (a bool, a string or NaN is not)."""
+    try:
+        return is_number(value) and math.isfinite(float(value)) and value > 0
+    except OverflowError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -91,10 +101,8 @@ class DatasetSource:
             raise ValueError(f"{where}.kind must be one of {', '.join(DATASET_KINDS)}, got {kind!r}")
         root = base / str(values.get("root") or ".")
         sigmas = values.get("sigmas")
-        if sigmas is not None and (
-            not isinstance(sigmas, list) or not all(isinstance(s, (int, float)) for s in sigmas)
-        ):
-            raise ValueError(f"{where}.sigmas must be a list of numbers (one per keypoint), got {sigmas!r}")
+        if sigmas is not None and (not isinstance(sigmas, list) or not all(_is_sigma(s) for s in sigmas)):
+            raise ValueError(f"{where}.sigmas must be a list of positive numbers (one per keypoint), got {sigmas!r}")
         source = cls(
             name=name,
             kind=kind,

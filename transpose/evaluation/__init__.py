@@ -1,4 +1,9 @@
-"""COCO OKS AP and MPII PCKh, as the TransPose reference evaluates them."""
+"""COCO OKS AP and MPII PCKh, as the TransPose reference evaluates them.
+
+Malformed input is an error naming the file and the entry, never a raw traceback or a silently wrong number:
+CocoFormatError (COCO keypoint / results files), MpiiFormatError (MPII json, gt_valid.mat, predictions),
+NonFiniteError (a NaN/inf prediction, score or ground-truth number); all are ValueErrors.
+"""
 
 from transpose.evaluation.coco import (
     COCO_METRIC_NAMES,
@@ -13,19 +18,22 @@ from transpose.evaluation.coco import (
 )
 from transpose.evaluation.mpii import (
     MPII_METRIC_NAMES,
+    MpiiFormatError,
     MpiiGroundTruth,
     evaluate_mpii,
     format_mpii_table,
     load_mpii_ground_truth,
 )
-from transpose.evaluation.oks import oks_nms, oks_one_to_many
+from transpose.evaluation.oks import NonFiniteError, oks_nms, oks_one_to_many
 
 __all__ = [
     "COCO_METRIC_NAMES",
     "MPII_METRIC_NAMES",
     "CocoFormatError",
     "CocoGroundTruth",
+    "MpiiFormatError",
     "MpiiGroundTruth",
+    "NonFiniteError",
     "evaluate_coco",
     "evaluate_mpii",
     "format_coco_table",

@@ -1,8 +1,26 @@
-"""Object keypoint similarity and the reference's hard OKS-NMS, vectorised in numpy."""
+"""Object keypoint similarity and the reference's hard OKS-NMS, vectorised in numpy; and the finiteness check
+every evaluator runs on predictions (a NaN OKS counts as a match in pycocotools, a NaN joint as a miss)."""
 
 from __future__ import annotations
 
 import numpy as np
+
+
+class NonFiniteError(ValueError):
+    """A prediction, score or ground-truth number that is NaN or infinite; the message names the sample and the
+    value. Scoring it would give a wrong number (pycocotools counts a NaN OKS as a match)."""
+
+
+def non_finite_name(value: float) -> str:
+    """'NaN', 'inf' or '-inf'."""
+    return "NaN" if value != value else ("inf" if value > 0 else "-inf")
+
+
+def first_non_finite(values) -> tuple[int, ...] | None:
+    """The index of the first NaN or infinite element of `values` (row-major), or None when all are finite."""
+    array = np.asarray(values, dtype=np.float64)
+    bad = np.argwhere(~np.isfinite(array))
+    return tuple(int(i) for i in bad[0]) if len(bad) else None
 
 
 def oks_one_to_many(

@@ -17,11 +17,48 @@ from pathlib import Path
 import numpy as np
 
 from transpose.evaluation.coco import CocoFormatError, evaluate_coco, load_coco_ground_truth, rescore_and_nms
-from transpose.evaluation.mpii import evaluate_mpii, load_mpii_ground_truth
+from transpose.evaluation.mpii import MpiiFormatError, evaluate_mpii, load_mpii_ground_truth
+from transpose.evaluation.oks import NonFiniteError, first_non_finite, non_finite_name
 from transpose.keypoints import MPII, KeypointSet
 
 Predictions = dict[str, np.ndarray]  # keypoints [N, K, 2], maxvals [N, K], box_scores, areas, image_ids, ann_ids
 Scorer = Callable[[Predictions], tuple[dict[str, float], list[dict]]]
+PREDICTION_ARRAYS = (
+    ("keypoints", "keypoint"),
+    ("maxvals", "heatmap maximum of keypoint"),
+    ("box_scores", "box score"),
+    ("areas", "box area"),
+)
+
+
+def check_predictions(preds: Predictions, keypoint_set: KeypointSet | None = None, where: str = "predictions"):
+    """Every keypoint, heatmap maximum, box score and area finite; else a NonFiniteError naming the sample (its
+    image and annotation ids), the keypoint and the value. One inf heatmap pixel is enough to make DARK's
+    decoding give a NaN keypoint, and pycocotools would count its NaN OKS as a match."""
+    for key, what in PREDICTION_ARRAYS:
+        if key not in preds or not len(preds[key]):
+            continue
+        values = np.asarray(preds[key], dtype=np.float64)
+        bad = first_non_finite(values)
+        if bad is None:
+            continue
+        i = bad[0]
+        ids = [
+            f"{name} {int(preds[k][i])}"
+            for k, name in (("image_ids", "image_id"), ("ann_ids", "annotation"))
+            if len(preds.get(k, ())) > i
+        ]
+        label = what
+        if len(bad) > 1:
+            j = bad[1]
+            name = keypoint_set.names[j] if keypoint_set is not None and j < keypoint_set.num_keypoints else None
+            label = f"{what} {j}" + (f" ({name})" if name else "") + (f" {'xy'[bad[2]]}" if len(bad) > 2 else "")
+        sample = f"sample {i}" + (f" ({', '.join(ids)})" if ids else "")
+        raise NonFiniteError(
+            f"{where}: {sample}: {label} is {non_finite_name(values[bad])}; the model's output is not finite (one "
+            "inf or NaN heatmap pixel decodes to a NaN keypoint): check the run for divergence or fp16 overflow"
+        )
+    return preds
 
 
 def _coco_ground_truth(path: str | Path, keypoint_set: KeypointSet):
@@ -38,6 +75,7 @@ def _coco_scorer(gt) -> Scorer:
     """Predictions -> (COCO metrics, COCO results list) after the reference's rescoring and OKS-NMS."""
 
     def score(preds: Predictions) -> tuple[dict[str, float], list[dict]]:
+        check_predictions(preds, gt.keypoint_set)
         results = rescore_and_nms(
             preds["keypoints"],
             preds["maxvals"],
@@ -47,7 +85,7 @@ def _coco_scorer(gt) -> Scorer:
             gt.keypoint_set.sigmas,
             category_id=gt.category_id,
         )
-        metrics, _ = evaluate_coco(gt, results)
+        metrics, _ = evaluate_coco(gt, results, source="predictions")
         return metrics, results
 
     return score
@@ -66,8 +104,14 @@ def _mpii_scorer(gt) -> Scorer:
     """Predictions (annotation id = index in the ground truth) -> (PCKh metrics, per-person joints)."""
 
     def score(preds: Predictions) -> tuple[dict[str, float], list[dict]]:
+        check_predictions(preds, MPII)
         joints = np.zeros((gt.num_people, 16, 2))
-        order = preds["ann_ids"].astype(int)
+        order = np.asarray(preds["ann_ids"]).astype(int)
+        outside = order[(order < 0) | (order >= gt.num_people)]
+        if len(outside):
+            raise MpiiFormatError(
+                f"predictions: annotation id {int(outside[0])} is not a person of {gt.source} (0..{gt.num_people - 1})"
+            )
         joints[order] = preds["keypoints"]
         metrics = evaluate_mpii(joints, gt)
         return metrics, [{"annotation_id": int(i), "joints": joints[i].tolist()} for i in range(gt.num_people)]
