@@ -89,13 +89,13 @@ def kill_tree(pid: int) -> None:
 
 def kill_at(params: Path, processes: int, run_dir: Path, moment: str, epoch: int = 1, step: int = 1) -> dict:
     """Start a run and SIGKILL it (all its processes) at `moment`: "step" once the pointer reaches (epoch,
-    step), "writing" while a checkpoint folder is being written (not yet sealed), "random" after a seeded
-    random delay past the first checkpoint. Returns what the pointer said when it was killed."""
+    step), "writing" while a checkpoint folder is being written (not yet sealed), "random" a seeded random
+    0-50 ms after a seeded random global step (2-8) was checkpointed. Returns what the pointer said then."""
     proc = subprocess.Popen(command(params, processes), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     ckpt = run_dir / "checkpoints"
-    deadline, delay, killed = time.time() + 300, random.Random(7).uniform(0.5, 3.0), None
-    first_seen = None
+    draw = random.Random(7)
+    deadline, target, delay, killed = time.time() + 300, draw.randint(2, 8), draw.uniform(0.0, 0.05), None
     try:
         while time.time() < deadline and proc.poll() is None and killed is None:
             pointer = _pointer(ckpt)
@@ -107,10 +107,9 @@ def kill_at(params: Path, processes: int, run_dir: Path, moment: str, epoch: int
                 and any(t.is_dir() and t.name[0] == "e" and not (t / "complete.json").exists() for t in ckpt.iterdir())
             ):
                 killed = {**pointer, "writing": True}
-            elif moment == "random" and pointer:
-                first_seen = first_seen or time.time()
-                if time.time() - first_seen > delay:
-                    killed = pointer
+            elif moment == "random" and pointer and pointer["global_step"] >= target:
+                time.sleep(delay)
+                killed = pointer
             if killed is None:
                 time.sleep(0.002)
     finally:
