@@ -19,7 +19,7 @@ from transpose.evaluation import (
     load_coco_results,
     load_mpii_ground_truth,
 )
-from transpose.evaluation.coco import read_json
+from transpose.evaluation.json_input import read_json
 from transpose.evaluation.mpii import check_predictions, read_mat
 
 COCO_DESCRIPTION = """OKS AP (pycocotools) of a COCO results file against any COCO-format keypoint file.

@@ -18,7 +18,7 @@ import numpy as np
 
 from dataops.datasets.records import PersonRecord, SkipReport
 from transpose.evaluation import CocoFormatError
-from transpose.evaluation.coco import is_id, is_number, read_json, show
+from transpose.evaluation.json_input import is_id, is_number, read_json, show
 from transpose.geometry import box_to_center_scale, clean_box
 from transpose.keypoints import KeypointSet, from_coco_category
 

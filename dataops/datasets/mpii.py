@@ -13,7 +13,7 @@ import numpy as np
 
 from dataops.datasets.coco import numbers
 from dataops.datasets.records import PersonRecord, SkipReport
-from transpose.evaluation.coco import read_json, show
+from transpose.evaluation.json_input import read_json, show
 from transpose.evaluation.mpii import MpiiFormatError
 from transpose.keypoints import MPII
 

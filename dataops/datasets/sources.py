@@ -25,7 +25,7 @@ from pathlib import Path
 from dataops.datasets.coco import load_keypoint_file, read_coco_detections, read_coco_keypoints
 from dataops.datasets.mpii import read_mpii
 from dataops.datasets.records import PersonRecord, SkipReport
-from transpose.evaluation.coco import is_number
+from transpose.evaluation.json_input import is_number
 from transpose.evaluation.protocols import DATASET_KINDS
 from transpose.keypoints import MPII, KeypointSet
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -25,17 +24,19 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from transpose.evaluation.oks import NonFiniteError, non_finite_name, oks_nms
+from transpose.evaluation.json_input import (
+    _MISSING,
+    CocoFormatError,
+    finite_number,
+    is_id,
+    read_json,
+    show,
+)
+from transpose.evaluation.oks import NonFiniteError, oks_nms
 from transpose.keypoints import KeypointSet, from_coco_category
 
 COCO_METRIC_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
-INT64_LIMIT = 2**63
-_MISSING = object()
 RESULTS_HINT = 'expected a JSON list of {"image_id", "category_id", "keypoints": [x, y, score, ...], "score"}'
-
-
-class CocoFormatError(ValueError):
-    """A ground-truth or results file is not in the COCO keypoint format."""
 
 
 @dataclass
@@ -51,62 +52,6 @@ class CocoGroundTruth:
     def category_id(self) -> int:
         """The id of the keypoint category (the file's first category that lists keypoint names)."""
         return next(int(c["id"]) for c in self.coco.dataset["categories"] if c.get("keypoints"))
-
-
-def read_json(path: str | Path, what: str, error: type[ValueError] = CocoFormatError):
-    """Parse a JSON file (UTF-8, or UTF-16/32 with or without a BOM); unreadable content raises `error` naming
-    the file and `what` was expected there."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; expected {what}")
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise error(f"{path} cannot be read ({err.strerror}); expected {what}") from None
-    try:
-        return json.loads(raw)
-    except UnicodeDecodeError as err:
-        raise error(
-            f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); expected {what}: save it as UTF-8"
-        ) from None
-    except json.JSONDecodeError as err:
-        raise error(f"{path} is not valid JSON ({err}); expected {what}") from None
-    except (ValueError, RecursionError) as err:  # an int of over 4300 digits, nesting deeper than Python's stack
-        raise error(f"{path} cannot be read as JSON ({err}); expected {what}") from None
-
-
-def is_number(value) -> bool:
-    """A JSON number: an int or a float, not a bool."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def is_id(value) -> bool:
-    """An integer id numpy and pycocotools can hold: an int (not a bool) in the int64 range."""
-    return isinstance(value, int) and not isinstance(value, bool) and -INT64_LIMIT <= value < INT64_LIMIT
-
-
-def show(value, width: int = 60) -> str:
-    """`value` as JSON writes it, shortened for a message ('missing' for an absent key)."""
-    if value is _MISSING:
-        return "missing"
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError, RecursionError):
-        text = repr(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def finite_number(value, where: str, what: str, fix: str, error: type[ValueError] = CocoFormatError) -> float:
-    """`value` as a float: NaN/inf raise NonFiniteError, anything that is not a number raises `error`."""
-    if not is_number(value):
-        raise error(f"{where}: {what} is {show(value)}, not a number; {fix}")
-    try:
-        number = float(value)
-    except OverflowError:
-        raise error(f"{where}: {what} {show(value)} is too large for a float; {fix}") from None
-    if not math.isfinite(number):
-        raise NonFiniteError(f"{where}: {what} is {non_finite_name(number)}; {fix}")
-    return number
 
 
 def _unique_ids(entries: list, name: str, key: str, what: str) -> set[int]:
