@@ -83,12 +83,12 @@ export RAY_USAGE_STATS_ENABLED=0
 export DVC_NO_ANALYTICS=1
 
 # MLflow: a team tracking server (infra/mlflow/server.sh prints the URI to use), passed through when set.
-# Unset, the stages log to the local store in mlruns/ (sqlite:///mlruns/mlflow.db, see mlops/tracking.py).
+# Unset, the stages log to the local store in mlruns/ (sqlite:///mlruns/mlflow.db, see mlops/tracking/).
 # Only rank 0 logs. The deepspeed pdsh launcher copies MLFLOW_* to the other nodes; for torchrun and SLURM
 # export it on every node (sbatch passes the submitting shell's environment on).
 if [ -n "${MLFLOW_TRACKING_URI:-}" ]; then export MLFLOW_TRACKING_URI; fi
 
-# Optional MLflow grouping (mlops/tracking.py): the experiment name (default "transpose") and the id
+# Optional MLflow grouping (mlops/tracking/): the experiment name (default "transpose") and the id
 # that groups the stages of one pipeline run under one parent run (default: the current git commit).
 # export TRANSPOSE_EXPERIMENT=transpose
 # export TRANSPOSE_PIPELINE_ID=my-run

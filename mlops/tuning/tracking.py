@@ -44,7 +44,7 @@ def mlflow_callback_class():
 
 def sweep_run(settings: TuneSettings) -> str:
     """The sweep's MLflow run: the one recorded in the sweep's folder (a resumed sweep), or a new one."""
-    from mlops.tracking import EXPERIMENT, _flatten, setup_mlflow, tracking_uri
+    from mlops.tracking import EXPERIMENT, flatten_params, setup_mlflow, tracking_uri
 
     record = settings.experiment_dir / SWEEP_RUN_FILE
     mlflow = setup_mlflow()
@@ -64,7 +64,7 @@ def sweep_run(settings: TuneSettings) -> str:
             "transpose.stage": settings.stage,
         },
     )
-    for key, value in _flatten(asdict(settings), prefix="tune").items():
+    for key, value in flatten_params(asdict(settings), prefix="tune").items():
         client.log_param(run.info.run_id, key, value)
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps({"run_id": run.info.run_id}) + "\n")

@@ -1,39 +1,20 @@
-"""MLflow tracking for the pipeline stages (the model library never imports MLflow; the stages reach it here).
-
-Where runs go: `MLFLOW_TRACKING_URI` when set (a team's server, see infra/mlflow/), else a local store inside
-the project folder: `sqlite:///mlruns/mlflow.db` with artifacts under `mlruns/artifacts` (git-ignored).
-Nesting: every stage of one `dvc repro` is a child of one parent run. `scripts/repro.sh` opens the parent and
-passes its id as TRANSPOSE_PARENT_RUN_ID; a stage run without it (plain `dvc repro`) finds or opens the
-parent named by TRANSPOSE_PIPELINE_ID (default: the current git commit), so the stages still group.
-
-Tracking never stops training (docs/tracking.md): log_params / log_metrics / log_artifact only put the call on
-a bounded queue that a background thread delivers, retrying with backoff while the server is away (each HTTP
-attempt is kept short with MLflow's MLFLOW_HTTP_REQUEST_* variables). A full queue drops its oldest metrics
-(counted, and written to the undelivered file). At stage end the queue is flushed for at most
-TRANSPOSE_TRACKING_FLUSH_S seconds (default 120); what is still not delivered goes to
-`<out_dir>/tracking_undelivered.jsonl` (`replay_undelivered` sends it later) instead of raising. The model is
-logged after the weights are on disk; if the server stays away for TRANSPOSE_TRACKING_FINAL_S seconds
-(default 180) then, the stage fails with a message saying so, and rerunning it resumes and logs again.
-A resumed stage continues its MLflow run (`resumable_run_id` reads it from the checkpoint pointer). A stage
-that ends marks its run (and the parent) FINISHED, one that dies FAILED.
-"""
+"""The tracker that never blocks training: MLflow calls on a bounded queue, delivered by a background thread
+that retries while the server is away, flushed with a bound at the end, the rest written to a file
+(docs/tracking.md)."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
 from collections import deque
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
-from transpose.engine.checkpoints import find_resumable
+from mlops.tracking.store import tracking_uri
 
-REPO = Path(__file__).resolve().parents[1]
-EXPERIMENT = os.environ.get("TRANSPOSE_EXPERIMENT", "transpose")
 UNDELIVERED = "tracking_undelivered.jsonl"
 # MLflow's log_batch limits; a larger call is split on the queue
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
@@ -45,65 +26,6 @@ def _seconds(name: str, default: float) -> float:
         return max(0.0, float(os.environ.get(name, default)))
     except ValueError:
         return default
-
-
-def tracking_uri() -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    (REPO / "mlruns").mkdir(exist_ok=True)
-    return f"sqlite:///{REPO / 'mlruns' / 'mlflow.db'}"
-
-
-def setup_mlflow():
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri())
-    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        artifacts = None if os.environ.get("MLFLOW_TRACKING_URI") else (REPO / "mlruns" / "artifacts").as_uri()
-        mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
-    mlflow.set_experiment(EXPERIMENT)
-    return mlflow
-
-
-def pipeline_id() -> str:
-    if os.environ.get("TRANSPOSE_PIPELINE_ID"):
-        return os.environ["TRANSPOSE_PIPELINE_ID"]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-        return commit.stdout.strip() or "local"
-    except OSError:
-        return "local"
-
-
-def parent_run_id(mlflow) -> str:
-    if os.environ.get("TRANSPOSE_PARENT_RUN_ID"):
-        return os.environ["TRANSPOSE_PARENT_RUN_ID"]
-    pid = pipeline_id()
-    found = mlflow.search_runs(
-        filter_string=f"tags.`transpose.pipeline` = '{pid}' and tags.`transpose.parent` = 'true'",
-        max_results=1,
-        output_format="list",
-    )
-    if found:
-        return found[0].info.run_id
-    client = mlflow.MlflowClient()
-    run = client.create_run(
-        mlflow.get_experiment_by_name(EXPERIMENT).experiment_id,
-        tags={"transpose.pipeline": pid, "transpose.parent": "true", "mlflow.runName": f"dvc repro {pid}"},
-    )
-    return run.info.run_id
-
-
-def resumable_run_id(checkpoint_dir: str | Path, fingerprint: str) -> str | None:
-    """The MLflow run a resumed stage continues: the `tracking_run_id` of the checkpoint the trainer will resume
-    (the newest intact one, `transpose.engine.checkpoints.find_resumable`) when it is of a run of this
-    `fingerprint`; None when there is none, or it is of another run."""
-    found = find_resumable(Path(checkpoint_dir))
-    if found is None or found.state.get("fingerprint") != fingerprint:
-        return None
-    run_id = found.state.get("tracking_run_id")
-    return run_id if isinstance(run_id, str) and run_id else None
 
 
 class TrackingUnavailable(RuntimeError):
@@ -534,115 +456,6 @@ class MlflowTracker:
         return Path(path)
 
 
-def _continuable(mlflow, run_id: str | None):
-    """The run to continue (exists, not deleted, in this experiment), else None with a note why not."""
-    if not run_id:
-        return None
-    from mlflow.exceptions import MlflowException
-
-    try:
-        run = mlflow.MlflowClient().get_run(run_id)
-    except MlflowException as err:
-        if transient(err):
-            raise
-        print(f"MLflow run {run_id} of the checkpoint is not there ({_short(err)}): opening a new run")
-        return None
-    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
-    if run.info.lifecycle_stage != "active" or experiment is None or run.info.experiment_id != experiment.experiment_id:
-        print(f"MLflow run {run_id} of the checkpoint is deleted or of another experiment: opening a new run")
-        return None
-    return run
-
-
-def _next_system_step(client, run_id: str) -> int:
-    try:
-        history = client.get_metric_history(run_id, "system/cpu_utilization_percentage")
-    except Exception:
-        return 0
-    return max((m.step for m in history), default=-1) + 1
-
-
-@contextmanager
-def stage_run(
-    stage: str,
-    params: dict,
-    enabled: bool = True,
-    run_id: str | None = None,
-    out_dir: str | Path | None = None,
-    short_attempts: bool = False,
-):
-    """An MLflow run for one stage, nested under the pipeline's parent run; yields a tracker (None if off).
-
-    `run_id` (a resumed stage's, see `resumable_run_id`) is continued when it exists in this experiment; else a
-    new run opens. The server must answer within TRANSPOSE_TRACKING_START_S seconds (default 120) here at the
-    start; after that an outage only delays the records. `out_dir` (default: params' out_dir) is where the
-    calls that could not be delivered are written. Opening and closing the run use short HTTP attempts (see
-    `short_http_attempts`); `short_attempts` keeps them short for the whole stage, for a stage whose own code
-    makes no MLflow calls that want MLflow's long retries (training; not promote, with its registry calls)."""
-    if not enabled:
-        yield None
-        return
-    out_dir = out_dir or (params.get("out_dir") if isinstance(params, dict) else None)
-    with short_http_attempts():
-        mlflow, parent, resumed, run = _open_stage_run(stage, run_id)
-        client = mlflow.MlflowClient(tracking_uri=mlflow.get_tracking_uri())
-        tracker = MlflowTracker(
-            mlflow,
-            run.info.run_id,
-            out_dir,
-            client=client,
-            parent_run_id=parent,
-            known_params=dict(resumed.data.params) if resumed else None,
-            system_metrics=True,
-            system_step=_next_system_step(client, run.info.run_id) if resumed else 0,
-            owns_active_runs=True,
-        )
-    if resumed:
-        print(f"MLflow: continuing run {run.info.run_id} ({stage}) of the resumed checkpoint")
-    tracker.set_tags({"transpose.stage": stage, "transpose.pipeline": pipeline_id()})
-    tracker.log_params(_flatten(params, prefix=stage))
-    status = "FAILED"
-    try:
-        with short_http_attempts() if short_attempts else nullcontext():
-            yield tracker
-        status = "FINISHED"
-    finally:
-        with short_http_attempts():
-            tracker.close(status)
-    print(f"MLflow run {run.info.run_id} ({stage}) in {tracking_uri()}")
-
-
-def _open_stage_run(stage: str, run_id: str | None):
-    """(mlflow, parent run id, the run continued or None, the stage's active run), each call retried for at
-    most TRANSPOSE_TRACKING_START_S seconds."""
-    wait = _seconds("TRANSPOSE_TRACKING_START_S", 120.0)
-    try:
-        mlflow = retry(setup_mlflow, f"connecting to {tracking_uri()}", wait)
-        parent = retry(lambda: parent_run_id(mlflow), "finding the pipeline's parent run", wait)
-        resumed = retry(lambda: _continuable(mlflow, run_id), "reading the run to continue", wait)
-        retry(lambda: mlflow.start_run(run_id=parent, log_system_metrics=False), "opening the parent run", wait)
-    except Exception as err:
-        if transient(err):
-            raise TrackingUnavailable(
-                f"MLflow at {tracking_uri()} did not answer for {wait:.0f} s (TRANSPOSE_TRACKING_START_S) at the "
-                f"start of stage {stage} ({_short(err)}): start the server, or run the stage with --no-mlflow"
-            ) from err
-        raise
-    try:
-        run = retry(
-            lambda: mlflow.start_run(
-                run_id=resumed.info.run_id if resumed else None, run_name=stage, nested=True, log_system_metrics=False
-            ),
-            "opening the stage's run",
-            wait,
-        )
-    except BaseException:
-        with suppress(Exception):
-            mlflow.end_run("FAILED")  # the parent: not left RUNNING
-        raise
-    return mlflow, parent, resumed, run
-
-
 def replay_undelivered(path: str | Path, tracking_uri: str | None = None) -> int:
     """Send what a stage could not deliver (its `tracking_undelivered.jsonl`) to the runs it was for; the lines
     that still fail stay in the file. Returns how many calls were delivered."""
@@ -672,14 +485,3 @@ def replay_undelivered(path: str | Path, tracking_uri: str | None = None) -> int
             kept.append({**item, "reason": f"replay failed: {_short(err, 300)}"})
     path.write_text("".join(json.dumps(item) + "\n" for item in kept))
     return sent
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            out.update(_flatten(value, name))
-        else:
-            out[name] = str(value)[:500]
-    return out
