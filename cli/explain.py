@@ -6,9 +6,10 @@ import argparse
 
 from cli.args import keypoint_set, parse_box
 from cli.loading import load_model_arg
+from transpose.crops import crop, read_image_rgb
 from transpose.explain import explain_crop, plot_attention_areas
 from transpose.geometry import box_to_center_scale
-from transpose.inference import crop, normalize, read_image_rgb
+from transpose.inference import normalize
 from transpose.keypoints import COCO
 from transpose.models import ModelCard, create_model
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cli import evaluate, explain, models, predict, promote
+from cli import evaluate, explain, export, models, predict, promote
 
 DESCRIPTION = """TransPose: keypoint localisation via Transformer (Yang et al., ICCV 2021).
 
@@ -13,12 +13,13 @@ commands:
   models     list the registered model variants with their parameter counts
   evaluate   COCO OKS AP of a results file, or MPII PCKh of predictions, as the reference computes them
   explain    attention figure (dependency / affected areas per keypoint and layer) for one person box
+  export     ONNX export of a trained model, verified against PyTorch (metadata: its card)
   predict    poses of the people in images (a file or a folder): COCO results JSON and skeleton drawings
   promote    register a trained model in MLflow and move the `champion` alias to it if it is better
 
 `transpose COMMAND --help` documents each, with examples.
 """
-COMMANDS = (models, evaluate, explain, predict, promote)
+COMMANDS = (models, evaluate, explain, export, predict, promote)
 
 
 def build_parser() -> argparse.ArgumentParser:

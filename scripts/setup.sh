@@ -16,5 +16,5 @@ PY
 .venv/bin/python -m pip install --quiet --upgrade pip
 # torch before anything else, so that no dependency resolver picks a multi-GB CUDA build
 .venv/bin/python -m pip install --quiet "${TORCH_SPEC:-torch==2.13.0}"
-.venv/bin/python -m pip install --quiet -e ".[pipeline,dev]"
+.venv/bin/python -m pip install --quiet -e ".[pipeline,export,dev]"
 .venv/bin/python -c "import torch, transpose; print(f'ready: torch {torch.__version__}, transpose {transpose.__version__}')"

@@ -19,8 +19,9 @@ import yaml
 from cli.main import main as cli
 from dataops.shards import read_manifest
 from dataops.synthetic import SyntheticConfig, generate
+from transpose.crops import read_image_rgb
 from transpose.evaluation import evaluate_coco, load_coco_ground_truth
-from transpose.inference import predict_boxes, read_image_rgb
+from transpose.inference import predict_boxes
 from transpose.keypoints import COCO, KeypointSet
 from transpose.models import load_trained
 

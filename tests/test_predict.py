@@ -18,7 +18,8 @@ from pycocotools.cocoeval import COCOeval
 
 from cli.main import main
 from transpose import predict as P
-from transpose.inference import predict_boxes, read_image_rgb
+from transpose.crops import read_image_rgb
+from transpose.inference import predict_boxes
 from transpose.keypoints import COCO as COCO_KEYPOINTS
 from transpose.keypoints import MPII
 from transpose.models import ModelCard, card_for_weights, create_model, load_model

@@ -11,8 +11,12 @@ Conventions (spec "Data, targets and augmentation"):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch only for the *_torch functions: the numpy ones import without it
+    import torch
 
 PIXEL_STD = 200.0
 
@@ -93,6 +97,8 @@ def get_affine_transform_torch(center, scale, rot, output_size) -> torch.Tensor:
 
     Same maths as the numpy version, for building crops and joint targets on the training device.
     """
+    import torch
+
     center = torch.as_tensor(center, dtype=torch.float64)
     scale = torch.as_tensor(scale, dtype=torch.float64, device=center.device)
     rot = torch.as_tensor(rot, dtype=torch.float64, device=center.device)
@@ -108,5 +114,6 @@ def get_affine_transform_torch(center, scale, rot, output_size) -> torch.Tensor:
 
 def affine_points_torch(points: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     """points [B, K, 2], matrix [B, 2, 3] -> [B, K, 2]."""
+
     matrix = matrix.to(points.dtype)
     return points @ matrix[:, :, :2].transpose(1, 2) + matrix[:, None, :, 2]

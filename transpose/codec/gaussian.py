@@ -8,8 +8,12 @@ the map is written only when the weight > 0.5.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch only for the *_torch functions: the numpy ones import without it
+    import torch
 
 
 def gaussian_targets(
@@ -38,6 +42,8 @@ def gaussian_targets_torch(
     keypoints: torch.Tensor, visible: torch.Tensor, heatmap_size: tuple[int, int], sigma: float = 2.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched, on the device of `keypoints`: [B, K, 2], [B, K] -> ([B, K, H, W], [B, K]). Same rules."""
+    import torch
+
     w, h = heatmap_size
     keypoints = keypoints.float()
     mx, my = keypoints[..., 0], keypoints[..., 1]

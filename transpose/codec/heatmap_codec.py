@@ -20,10 +20,14 @@ then back to the image (`decode`) or to the crop (`decode_crop`).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch for training targets only: decoding imports without it (ONNX users)
+    import torch
 
 from transpose.codec.dark import decode_heatmaps
 from transpose.codec.gaussian import gaussian_targets, gaussian_targets_torch
@@ -32,7 +36,8 @@ from transpose.geometry import affine_points, get_affine_transform, transform_pr
 
 def _about_centres(points, ratio: tuple[float, float], source: tuple[float, float], target: tuple[float, float]):
     """points [..., 2] (numpy or torch) scaled by `ratio` about `source`, moved onto `target`."""
-    if isinstance(points, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor can only exist if torch was imported
+    if torch is not None and isinstance(points, torch.Tensor):
         return (points - points.new_tensor(source)) * points.new_tensor(ratio) + points.new_tensor(target)
     points = np.asarray(points, dtype=np.float64)
     return (points - np.asarray(source)) * np.asarray(ratio) + np.asarray(target)

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from transpose.codec import HeatmapCodec
-from transpose.inference import crop_heatmaps, person_crops, read_image_rgb
+from transpose.crops import person_crops, read_image_rgb
+from transpose.inference import crop_heatmaps
 from transpose.keypoints import KeypointSet
 from transpose.predict.inputs import ImageInput
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from transpose.inference import crop, normalize
+from transpose.crops import crop
+from transpose.inference import normalize
 from transpose.keypoints import KeypointSet
 from transpose.predict.people import Person
 
