@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from training_runs import write_test_shards
 
-from dataops.datasets import read_coco_keypoints
-from dataops.shards import ShardConfig, write_shards
 from mlops import tracking
 from mlops.tracking import (
     UNDELIVERED,
@@ -224,10 +223,7 @@ def test_the_run_to_continue_comes_only_from_a_checkpoint_of_the_same_fingerprin
 # ---- training stages ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def shards(realdata, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("outage_shards")
-    records, report, kset = read_coco_keypoints(realdata / "coco" / "test_coco.json", realdata / "coco")
-    write_shards(records, kset, out, "train", ShardConfig(samples_per_shard=6, workers=1), report, progress=False)
-    return out
+    return write_test_shards(realdata, tmp_path_factory.mktemp("outage_shards"))
 
 
 def write_params(tmp: Path, shards: Path, epochs: int) -> Path:
