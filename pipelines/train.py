@@ -197,6 +197,7 @@ def augment_config(values: dict, stage: str, reach: AugmentConfig | None) -> Aug
 def run_identity(p: TrainPlan) -> dict:
     """What a checkpoint must come from to be resumed (see the module docstring)."""
     section = {k: v for k, v in asdict(p.section).items() if k not in NOT_IN_RESULT}
+    section["train"].pop("nonfinite_loss")  # switching to skip after a NaN stop resumes, not restarts
     identity = {
         "section": section,
         "card": p.card.to_dict(),
@@ -251,8 +252,8 @@ def verify_data(p: TrainPlan) -> None:
             for manifest in (p.train_data, p.val_data):
                 if manifest is not None:
                     verify_shards(p.section.shards, manifest.split)
-        except (ShardError, ManifestError) as err:
-            problem = f"{p.stage}: {err}"
+        except Exception as err:  # any failure here must reach every rank, or the others wait in the broadcast
+            problem = f"{p.stage}: {err}" if isinstance(err, (ShardError, ManifestError)) else f"{p.stage}: {err!r}"
     problem = broadcast_object(problem)
     if problem:
         raise ShardError(problem)

@@ -139,13 +139,14 @@ class ShardIndex:
             if len(raw) != 512 + size:
                 raise ShardError(f"{where}: the tar ends inside its '{ext}' member: re-shard this split")
             name = raw[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-            if name != f"{location.key}.{ext}":
+            stored = raw[124:136].split(b"\0", 1)[0].strip()
+            if name != f"{location.key}.{ext}" or not stored.isdigit() or int(stored, 8) != size:
                 raise ShardError(
-                    f"{where}: the index points its '{ext}' at the tar member {name!r}: the index does not "
-                    "match the tar; re-shard this split"
+                    f"{where}: the index points its '{ext}' ({size} bytes) at the tar member {name!r}: the index "
+                    "does not match the tar; re-shard this split"
                 )
             payload = raw[512:]
-            if ext.endswith(".f32") and not np.isfinite(np.frombuffer(payload, "<f4")).all():
+            if ext.endswith(".f32") and (len(payload) % 4 or not np.isfinite(np.frombuffer(payload, "<f4")).all()):
                 raise ShardError(f"{where}: '{ext}' holds NaN or inf (a damaged shard): re-shard this split")
             out[ext] = payload
         return out

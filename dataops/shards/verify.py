@@ -2,9 +2,9 @@
 sha256 written, nothing missing, nothing extra. A damaged byte (a flipped bit in a JPEG's scan data, swapped
 index offsets) would otherwise pair wrong pixels with the labels, silently, in both loaders.
 
-Hashing a COCO-sized split takes a while, so what was verified is cached by (size, mtime) per file outside the
-shards folder (a DVC output must not change): `$TRANSPOSE_CACHE` or `~/.cache/transpose`, `verified/`. A clean
-restart re-hashes nothing; a file touched since is hashed again.
+Hashing a COCO-sized split takes a while, so what was verified is cached by (size, mtime, ctime, inode) per file
+outside the shards folder (a DVC output must not change): `$TRANSPOSE_CACHE` or `~/.cache/transpose`,
+`verified/`. A clean restart re-hashes nothing; a file touched or replaced since is hashed again.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def verify_shards(shard_dir: str | Path, split: str) -> Verification:
         cache = json.loads(cache_file.read_text())
     except (OSError, ValueError):
         cache = {}
+    cache = cache if isinstance(cache, dict) else {}
     report = Verification()
     for path, (size, sha) in sorted(expected.items()):
         report.checked.append(path.name)
@@ -75,7 +76,8 @@ def verify_shards(shard_dir: str | Path, split: str) -> Verification:
         if stat.st_size != size:
             what = "empty (0 bytes)" if stat.st_size == 0 else f"{stat.st_size} bytes, {size} when written"
             raise ShardError(f"{path} is {what}: the file was truncated or replaced; " + _reshard(split))
-        if cache.get(path.name) == [size, stat.st_mtime_ns, sha]:
+        seen = [size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, sha]  # ctime: no tool can set it back
+        if cache.get(path.name) == seen:
             continue
         report.hashed.append(path.name)
         if _sha256(path) != sha:
@@ -83,7 +85,7 @@ def verify_shards(shard_dir: str | Path, split: str) -> Verification:
                 f"{path} does not match its sha256 in {manifest.path}: its bytes changed after it was written "
                 "(a damaged disk or copy, or an edited file); " + _reshard(split)
             )
-        cache[path.name] = [size, stat.st_mtime_ns, sha]
+        cache[path.name] = seen
     if report.hashed:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.partial")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -41,6 +42,10 @@ def transient(err: BaseException) -> bool:
         code = err.get_http_status_code()
         return code >= 500 or code in (408, 429)
     if isinstance(err, MlflowException):
+        status = re.search(r"error code (\d{3})", str(err))  # a non-JSON answer, e.g. 403 from an auth proxy
+        if status:
+            code = int(status.group(1))
+            return code >= 500 or code in (408, 429)
         return "API request to" in str(err)  # how MLflow's REST client wraps connection errors and timeouts
     try:
         import requests

@@ -142,13 +142,14 @@ def find_resumable(ckpt_dir: Path) -> Resumable | None:
     return None
 
 
-def stale_tags(ckpt_dir: Path, keep: int) -> list[Path]:
-    """What to remove after a save: sealed folders beyond the newest `keep`, and unsealed ones (saves cut
-    short) older than the newest sealed one."""
-    sealed = [t for t in tags_newest_first(ckpt_dir) if (t / SEAL).is_file()]
-    newest = sealed[0].name if sealed else ""
-    unsealed = [t for t in tags_newest_first(ckpt_dir) if not (t / SEAL).is_file() and t.name < newest]
-    return sealed[keep:] + unsealed
+def stale_tags(ckpt_dir: Path, keep: int, current: str) -> list[Path]:
+    """What to remove after `current` was saved: sealed folders beyond the newest `keep` at or below it, the
+    unsealed ones below it (saves cut short), and every folder above it (ones resume rejected as damaged)."""
+    tags = tags_newest_first(ckpt_dir)
+    newer = [t for t in tags if t.name > current]
+    sealed = [t for t in tags if t.name <= current and (t / SEAL).is_file()]
+    unsealed = [t for t in tags if t.name < current and not (t / SEAL).is_file()]
+    return newer + sealed[keep:] + unsealed
 
 
 def space_shortfall(ckpt_dir: Path, tag_dir: Path) -> str | None:

@@ -15,6 +15,8 @@ def init_process_group(device: str) -> tuple[int, int]:
         if "RANK" not in os.environ:  # a plain single process: a group of one
             os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(free_port()))
+        if device.startswith("cuda"):  # before the first collective: NCCL puts its tensors on the current device
+            torch.cuda.set_device(local_rank())
         import deepspeed
 
         deepspeed.init_distributed(dist_backend="nccl" if device.startswith("cuda") else "gloo", verbose=False)

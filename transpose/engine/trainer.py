@@ -192,6 +192,9 @@ class Trainer:
             short = broadcast_object(space_shortfall(self.ckpt_dir, tag_dir) if is_main() else None)
             if short:
                 raise CheckpointError(short)
+        if is_main() and tag_dir.exists():  # the leftover of a save cut short: start the folder clean
+            remove_tag(tag_dir)
+        barrier()
         error = None
         try:
             self.engine.save_checkpoint(str(self.ckpt_dir), tag=tag, save_latest=False)
@@ -213,11 +216,11 @@ class Trainer:
             if is_main():
                 remove_tag(tag_dir)
             barrier()
-            kept = find_resumable(self.ckpt_dir) if is_main() else None
-            where = f"{kept.tag_dir} stays the checkpoint to resume from" if kept else "no earlier checkpoint exists"
+            kept = self._last_good()
+            where = f"{kept} stays the checkpoint to resume from" if kept else "no earlier checkpoint exists"
             raise CheckpointError(f"{errors[0]}; the half-written folder was removed and {where}")
         if is_main():
-            for old in stale_tags(self.ckpt_dir, self.config.keep_checkpoints):
+            for old in stale_tags(self.ckpt_dir, self.config.keep_checkpoints, current=tag):
                 remove_tag(old)
         barrier()
         return tag
@@ -251,7 +254,7 @@ class Trainer:
         if partitioned:
             self._load_zero_partitions(tag)
         own = tag_dir / f"rank{self.rank}.pt"
-        if own.is_file():
+        if self.rank < latest["world_size"]:  # the checkpoint had this rank: its own file must be there
             state = torch.load(own, weights_only=True)
         else:  # a rank the checkpoint did not have (resumed on more processes): rank 0's position, own seed
             state = torch.load(tag_dir / "rank0.pt", weights_only=True)
@@ -268,6 +271,11 @@ class Trainer:
         if is_main():
             print(f"resumed from {tag_dir} (epoch {self.epoch}, step {self.step_in_epoch})")
         return True
+
+    def _last_good(self) -> str | None:
+        """The checkpoint a rerun would resume, on every rank (rank 0 looks)."""
+        found = find_resumable(self.ckpt_dir) if is_main() else None
+        return broadcast_object(str(found.tag_dir) if found else None)
 
     def _check_elastic(self, latest: dict) -> None:
         """A checkpoint of another number of processes resumes only where that changes no result."""
@@ -326,7 +334,7 @@ class Trainer:
             os.replace(target, previous / f"{target.name}-{int(target.stat().st_mtime)}")
         os.replace(self.ckpt_dir, target)
         kept = sorted(previous.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in kept[self.config.keep_previous_runs :]:
+        for old in [k for k in kept if k != target][max(self.config.keep_previous_runs - 1, 0) :]:
             print(f"removing the checkpoints of an older run, {old} (train.keep_previous_runs)")
             shutil.rmtree(old, ignore_errors=True)
         return target
@@ -403,11 +411,11 @@ class Trainer:
             if is_main():
                 print(f"non-finite loss at {where}: step skipped ({self.skipped_steps} so far; samples: {samples})")
             return
-        kept = find_resumable(self.ckpt_dir) if is_main() else None
+        kept = self._last_good()
         raise NonFiniteLossError(
             f"the loss is not finite at {where} (this rank's samples: {samples}); nothing was written, "
-            f"{kept.tag_dir if kept else 'no checkpoint'} stays the last good checkpoint. Check the data "
-            "(`transpose shards verify`), lower the lr, or set train.nonfinite_loss: skip to skip such steps"
+            f"{kept or 'no checkpoint'} stays the last good checkpoint. Set train.nonfinite_loss: skip to skip "
+            "such steps (the same command then resumes from it), or lower the lr (a new run: it trains afresh)"
         )
 
     def fit(self) -> dict:
