@@ -3,7 +3,8 @@
     file_sha256 / data_fingerprint   file contents (moving a folder keeps them)
     code_files / code_fingerprint    the repository code a module runs: its static import closure (every
                                      `import` and `from ... import` of the file, at any depth, also inside
-                                     functions), followed through the project's own packages
+                                     functions, and every string naming a project module, as lazy imports
+                                     do), followed through the project's own packages
     environment                      the versions of the libraries that change numbers (torch, DeepSpeed, DALI, ...)
 
 The training stages fingerprint their section, data, starting weights, code and environment: a checkpoint is
@@ -72,7 +73,9 @@ def module_file(name: str, root: Path = REPO) -> Path | None:
 
 
 def _imported_names(path: Path, module: str) -> set[str]:
-    """Every module name an `import` statement of the file may bring in (absolute and relative)."""
+    """Every module name the file may bring in: `import` statements (absolute and relative) and string constants
+    that are dotted names in a project package (`importlib.import_module("transpose.codec.dark")`, lazy tables);
+    `_closure` keeps only those that are project module files."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -85,7 +88,14 @@ def _imported_names(path: Path, module: str) -> set[str]:
                 base = ".".join([*parts, *([base] if base else [])])
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _looks_like_module(node.value):
+            names.add(node.value)
     return names
+
+
+def _looks_like_module(text: str) -> bool:
+    parts = text.split(".")
+    return len(parts) > 1 and parts[0] in PROJECT_PACKAGES and all(part.isidentifier() for part in parts)
 
 
 def code_files(modules: tuple[str, ...] | list[str], root: Path = REPO) -> list[Path]:

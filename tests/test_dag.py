@@ -48,6 +48,27 @@ def covered(path: str, deps: list[str]) -> bool:
     return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
 
 
+def test_the_code_closure_follows_lazy_imports(tmp_path):
+    """A lazy package names its modules in strings (`importlib.import_module("transpose.codec.dark")`): those
+    modules are code the importer runs, so a change to them must change the fingerprint and the deps."""
+    (tmp_path / "transpose" / "lazy").mkdir(parents=True)
+    (tmp_path / "transpose" / "__init__.py").write_text("")
+    (tmp_path / "transpose" / "lazy" / "__init__.py").write_text(
+        'import importlib\n_WHERE = {"f": "transpose.lazy.impl", "doc": "not.a.module", "g": "transpose.missing"}\n'
+    )
+    (tmp_path / "transpose" / "lazy" / "impl.py").write_text("from transpose.lazy import deeper\n")
+    (tmp_path / "transpose" / "lazy" / "deeper.py").write_text("")
+    files = [str(p.relative_to(tmp_path)) for p in code_files(["transpose.lazy"], root=tmp_path)]
+    assert files == [
+        "transpose/__init__.py",
+        "transpose/lazy/__init__.py",
+        "transpose/lazy/deeper.py",
+        "transpose/lazy/impl.py",
+    ]
+    train = [str(p.relative_to(REPO)) for p in code_files(["pipelines.train"])]
+    assert "transpose/codec/dark.py" in train and "transpose/models/transpose_net.py" in train
+
+
 @pytest.mark.parametrize("name", list(STAGES))
 def test_every_stage_lists_the_code_it_runs(name):
     stage = STAGES[name]
