@@ -4,7 +4,7 @@ image) as each image completes."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,18 +75,21 @@ def iter_predictions(
     batch_size: int = 32,
     flip: bool = True,
     skipped: list[tuple[str, str]] | None = None,
+    load: Callable[[ImageInput], np.ndarray] | None = None,
 ) -> Iterator[tuple[CropJob, np.ndarray, np.ndarray]]:
     """(job, keypoints [M, K, 2], maxvals [M, K]) per readable image, in input order; crops batched across images.
 
-    `keypoint_set` is the model's (its card); its flip pairs drive the flip test. Unreadable images are appended
-    to `skipped` as (file name, reason).
+    `keypoint_set` is the model's (its card); its flip pairs drive the flip test. `load` gives a source's RGB
+    image (default: decode its file); a ValueError from it skips the image, appended to `skipped` as (file name,
+    reason).
     """
+    load = load or (lambda source: read_image_rgb(source.path))
     cfg = model.data_config
     codec = cfg.codec()
     pending: deque[CropJob] = deque()
     for i, source in enumerate(_progress(sources, "predict")):
         try:
-            pending.append(make_job(source, read_image_rgb(source.path), cfg.image_size))
+            pending.append(make_job(source, load(source), cfg.image_size))
         except ValueError as err:
             if skipped is not None:
                 skipped.append((source.path.name, str(err)))
