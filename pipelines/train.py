@@ -47,7 +47,7 @@ from transpose.engine.distributed import broadcast_object, init_process_group, i
 from transpose.engine.trainer import Trainer
 from transpose.engine.validation import validate
 from transpose.evaluation.protocols import dataset_kind
-from transpose.models import MODELS, ModelCard, checkpoint_path, load_model, load_reference_checkpoint, read_card
+from transpose.models import MODELS, ModelCard, checkpoint_path, load_reference_checkpoint, read_card
 
 STAGE_MODULE = "pipelines.train"
 NOT_IN_RESULT = ("out_dir", "metrics", "plots", "workers")  # where outputs go, how many loader workers
@@ -360,7 +360,7 @@ def log_run(p: TrainPlan, tracker) -> None:
     if p.section.plots and Path(p.section.plots).is_file():
         tracker.log_artifact(p.section.plots, "figures")
     if (out_dir / "best.pth").is_file():
-        model_uri = tracker.log_model(load_model(out_dir), tuple(p.card.image_size))
+        model_uri = tracker.log_model(out_dir)
         print(f"logged model {model_uri}")
         tracker.write_run_info(out_dir / "mlflow_run.json", model_uri)
 

@@ -15,6 +15,7 @@ mlflow = pytest.importorskip("mlflow")
 
 from mlops import registry  # noqa: E402
 from mlops.registry import EvalData, RegistryError, load_registered_model, promote  # noqa: E402
+from mlops.serving.packaging import log_serving_model  # noqa: E402
 from transpose.keypoints import COCO  # noqa: E402
 from transpose.models import ModelCard  # noqa: E402
 
@@ -40,8 +41,6 @@ def _tiny(seed: int) -> torch.nn.Module:
 
 def _log_run(model: torch.nn.Module, folder: Path, experiment_id: str, log_model: bool) -> tuple[str, str]:
     """A training-like run: best.pth + model.json artifacts, and optionally the exported model."""
-    import numpy as np
-
     folder.mkdir(parents=True)
     torch.save(model.state_dict(), folder / "best.pth")
     ModelCard("transpose_r_tiny", IMAGE_SIZE, COCO, "coco").write(folder / "model.json")
@@ -49,10 +48,8 @@ def _log_run(model: torch.nn.Module, folder: Path, experiment_id: str, log_model
         mlflow.log_artifact(str(folder / "best.pth"))
         mlflow.log_artifact(str(folder / "model.json"))
         uri = ""
-        if log_model:  # a batch-2 example keeps the batch dimension dynamic; explicit requirements skip inference
-            example = np.zeros((2, 3, *IMAGE_SIZE), dtype=np.float32)
-            info = mlflow.pytorch.log_model(model, name="model", input_example=example, pip_requirements=["torch"])
-            uri = info.model_uri
+        if log_model:  # the model the train stage logs: the serving pyfunc with the pytorch flavour
+            uri = log_serving_model(folder).model_uri
     return run.info.run_id, uri
 
 
@@ -119,7 +116,7 @@ def test_better_takes_the_alias_worse_and_equal_do_not(store):
         promote(name, versions[1], metric="PCKh")
 
 
-def test_champion_loads_back_as_transpose_and_as_exported_graph(store):
+def test_champion_loads_back_as_transpose_through_the_card_and_the_pytorch_flavour(store):
     name = "t-load"
     version = _register(store, name, 0.5, _data(store.root, "a", 0))
     promote(name, version)
@@ -131,8 +128,9 @@ def test_champion_loads_back_as_transpose_and_as_exported_graph(store):
         assert card.keypoints == COCO and tuple(card.image_size) == IMAGE_SIZE  # the run's model card
         torch.testing.assert_close(model(x), expected)
         assert hasattr(model, "global_encoder")  # the real module (attention for explain), not a GraphModule
-        graph = mlflow.pytorch.load_model(f"models:/{name}@champion")
-        torch.testing.assert_close(graph(x[:1]), expected[:1], atol=1e-5, rtol=1e-4)
+        module = mlflow.pytorch.load_model(f"models:/{name}@champion")  # the real module too, at any size
+        torch.testing.assert_close(module.eval()(x[:1]), expected[:1])
+        assert module(torch.randn(3, 3, 160, 128)).shape == (3, 17, 40, 32)
     torch.testing.assert_close(load_registered_model(f"models:/{name}/{version}")[0](x), expected)
     with pytest.raises(RegistryError, match="no registered model 'nope'.*registered: .*t-load"):
         load_registered_model("models:/nope@champion")

@@ -427,19 +427,19 @@ class MlflowTracker:
             step += 1
 
     # ---- what must arrive: the model --------------------------------------------------------------------------
-    def log_model(self, model, image_size: tuple[int, int]) -> str:
-        """The model with its signature (exported with torch.export; a batch-2 example keeps the batch
-        dimension dynamic). Returns the model URI. Called once the weights are on disk: while the server is
-        away it waits and retries for TRANSPOSE_TRACKING_FINAL_S seconds, then raises TrackingUnavailable."""
-        import numpy as np
+    def log_model(self, run_dir: str | Path) -> str:
+        """The run's best.pth and model.json as one MLflow model (`mlops.serving.packaging`: the image-serving
+        pyfunc plus the pytorch flavour). Returns the model URI. Called once the weights are on disk: while the
+        server is away it waits and retries for TRANSPOSE_TRACKING_FINAL_S seconds, then raises
+        TrackingUnavailable."""
+        from mlops.serving.packaging import log_serving_model
 
-        example = np.zeros((2, 3, *image_size), dtype=np.float32)
         seconds = _seconds("TRANSPOSE_TRACKING_FINAL_S", 180.0)
         deadline = time.monotonic() + seconds
         while True:
             try:
                 retry(lambda: self.client.get_run(self.run_id), "reaching the server to log the model", seconds)
-                info = self.mlflow.pytorch.log_model(model.eval(), name="model", input_example=example)
+                info = log_serving_model(run_dir, run_id=self.run_id)
                 return info.model_uri
             except Exception as err:
                 seconds = deadline - time.monotonic()
