@@ -16,6 +16,8 @@ refused. Written per run in out_dir, and as figures:
     figures/NAME_keypoint_errors.png      the same as a figure
     figures/training_curves.png           loss and validation curves of every run
     figures/explain_K.png                 dependency areas of the first validation crops (the last run's model)
+    out_dir/explain_K.html                the same crops as pages for a browser: click a keypoint or a location,
+                                          pick the layer, dependency or affected areas, delta (MLflow: explanations)
 """
 
 from __future__ import annotations
@@ -116,22 +118,31 @@ def evaluation_record(s: EvaluateSection, data: ShardManifest, name: str, metric
     }
 
 
-def explain_figures(model, s: EvaluateSection, card: ModelCard, out_dir: Path, count: int) -> list[Path]:
-    """The paper's Fig. 6-style dependency areas for the first `count` validation crops."""
+def explain_figures(
+    model, s: EvaluateSection, card: ModelCard, figures_dir: Path, pages_dir: Path, count: int
+) -> tuple[list[Path], list[Path]]:
+    """The paper's Fig. 6-style dependency areas of the first `count` validation crops (explain_K.png, a DVC
+    plot) and the same crops as self-contained HTML pages (explain_K.html in `pages_dir`: DVC plots take no
+    HTML, so the pages go to the stage's out_dir)."""
     from transpose.explain import explain_crop, plot_attention_areas
+    from transpose.explain_page import write_explanation_page
 
     if count == 0:
-        return []
+        return [], []
     batch = next(iter(batches(s, card, batch_size=count)))
     mean, std = np.array(model.data_config.mean), np.array(model.data_config.std)
-    paths = []
+    figures, pages = [], []
     for i in range(count):
         areas, keypoints, scores = explain_crop(model, batch["image"][i])
         crop = np.clip(batch["image"][i].permute(1, 2, 0).numpy() * std + mean, 0, 1)
-        title = f"{card.model}: dependency areas per layer, {s.split} sample {int(batch['ids'][i, 1])}"
-        out = out_dir / f"explain_{i}.png"
-        paths.append(plot_attention_areas(crop, keypoints, areas, card.keypoints, out, scores=scores, title=title))
-    return paths
+        sample = f"{s.split} sample {int(batch['ids'][i, 1])}"
+        title = f"{card.model}: dependency areas per layer, {sample}"
+        out = figures_dir / f"explain_{i}.png"
+        figures.append(plot_attention_areas(crop, keypoints, areas, card.keypoints, out, scores=scores, title=title))
+        title = f"{card.model}: attention areas, {sample}"
+        page = pages_dir / f"explain_{i}.html"
+        pages.append(write_explanation_page(model, crop, card.keypoints, page, title=title, model_name=card.model))
+    return figures, pages
 
 
 def keypoint_errors(data: ShardManifest, name: str, results: list[dict], out_dir: Path, figures: Path, title: str):
@@ -188,15 +199,18 @@ def run(s: EvaluateSection, stage: str, tracker=None) -> dict:
         curves = figures_dir / "training_curves.png"
         figures.append(plot_training_curves(histories, kind.gate_metric, curves, title))
     last = list(s.runs)[-1]
-    figures += explain_figures(model, s, cards[last], figures_dir, s.explain_samples)
+    explained, pages = explain_figures(model, s, cards[last], figures_dir, out_dir, s.explain_samples)
+    figures += explained
     Path(s.metrics).parent.mkdir(parents=True, exist_ok=True)
     Path(s.metrics).write_text(json.dumps(report, indent=2) + "\n")
     if tracker is not None:
         for figure in figures:
             tracker.log_artifact(figure, "figures")
+        for page in pages:
+            tracker.log_artifact(page, "explanations")
         for name in s.runs:
             tracker.log_artifact(out_dir / f"{name}{EVALUATION_SUFFIX}")
-    return {"metrics": report, "figures": [str(f) for f in figures]}
+    return {"metrics": report, "figures": [str(f) for f in figures], "explanations": [str(p) for p in pages]}
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from cli.main import main as cli
 from transpose.codec import HeatmapCodec
 from transpose.explain import attention_areas, default_threshold, explain_crop, keypoint_tokens, plot_attention_areas
 from transpose.keypoints import COCO
-from transpose.models import create_model
+from transpose.models import ModelCard, create_model
 
 CODEC = HeatmapCodec()  # 256x192 input, 64x48 heatmaps: stride 4
 
@@ -59,27 +59,53 @@ def test_explain_crop_and_figure(tmp_path):
     assert out.stat().st_size > 10_000
 
 
+PHOTO = ("coco", "000000000785.jpg")  # a skier; the box below is the person
+BOX = "280,44,218,346"
+
+
 def test_cli_explain_on_a_real_photo(realdata, tmp_path, capsys):
-    out = tmp_path / "explain.png"
+    out, page = tmp_path / "explain.png", tmp_path / "explain.html"
     code = cli(
-        ["explain", "--arch", "transpose_r_a3", "--image", str(realdata / "coco" / "000000000785.jpg"),
-         "--box", "280,44,218,346", "--out", str(out), "--areas", "affected"]
+        ["explain", "--arch", "transpose_r_a3", "--random-weights", "--image", str(realdata.joinpath(*PHOTO)),
+         "--box", BOX, "--out", str(out), "--html", str(page), "--areas", "affected"]
     )  # fmt: skip
     assert code == 0 and out.stat().st_size > 10_000
-    assert "figure written" in capsys.readouterr().out
-    assert (
-        cli(
-            [
-                "explain",
-                "--arch",
-                "transpose_r_a3",
-                "--image",
-                str(tmp_path / "none.jpg"),
-                "--box",
-                "1,1,5,5",
-                "--out",
-                str(out),
-            ]
-        )
-        == 2
-    )
+    assert 1_000_000 < page.stat().st_size < 10_000_000  # 3 layers x 768 rows, as bytes in base64
+    printed = capsys.readouterr().out
+    assert "figure written" in printed and "page written" in printed
+    assert "(random weights)" in page.read_text()[:20_000]  # said in the title
+    missing = ["explain", "--arch", "transpose_r_a3", "--random-weights", "--image", str(tmp_path / "none.jpg")]
+    assert cli([*missing, "--box", "1,1,5,5", "--out", str(out)]) == 2
+
+
+def test_cli_explain_refuses_random_weights_unless_asked(realdata, tmp_path, capsys):
+    args = ["explain", "--image", str(realdata.joinpath(*PHOTO)), "--box", BOX, "--html", str(tmp_path / "p.html")]
+    assert cli([*args, "--arch", "transpose_r_a3"]) == 2
+    err = capsys.readouterr().err
+    assert "no trained weights" in err and "--model" in err and "--arch NAME --random-weights" in err
+    assert cli(args) == 2 and "--random-weights" in capsys.readouterr().err
+    assert cli([*args[:-2], "--arch", "transpose_r_a3", "--random-weights"]) == 2  # neither --out nor --html
+    assert "--out FIG.png and/or --html PAGE.html" in capsys.readouterr().err
+    assert not (tmp_path / "p.html").exists()
+
+
+def test_cli_explain_takes_the_model_forms_of_predict(realdata, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    card = ModelCard("transpose_r_tiny", (128, 96), COCO)
+    torch.save(card.build().state_dict(), run / "best.pth")
+    args = ["explain", "--image", str(realdata.joinpath(*PHOTO)), "--box", BOX]
+    for i, model in enumerate((run, run / "best.pth")):  # a run directory, a checkpoint with its card beside it
+        page = tmp_path / f"page{i}.html"
+        assert cli([*args, "--model", str(model), "--html", str(page)]) == 2  # no model.json yet
+        assert "no model.json" in capsys.readouterr().err and not page.exists()
+        card.write(run / "model.json")
+        assert cli([*args, "--model", str(model), "--html", str(page)]) == 0 and page.stat().st_size > 50_000
+        (run / "model.json").unlink()
+    # weights without a card, said by hand; --random-weights makes no sense beside trained weights
+    hand = ["--model", str(run / "best.pth"), "--arch", "transpose_r_tiny", "--keypoints", "coco"]
+    assert cli([*args, *hand, "--image-size", "128", "96", "--out", str(tmp_path / "fig.png")]) == 0
+    assert cli([*args, *hand, "--random-weights", "--html", str(tmp_path / "x.html")]) == 2
+    assert "--random-weights is for --arch without --model" in capsys.readouterr().err
+    assert cli([*args, "--model", str(tmp_path / "nowhere"), "--html", str(tmp_path / "x.html")]) == 2
+    assert "models:/NAME@ALIAS" in capsys.readouterr().err

@@ -76,20 +76,32 @@ def attention_areas(
 
 
 @torch.no_grad()
+def attention_maps(model: torch.nn.Module, crop: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every layer's head-averaged attention of one normalised crop [3, h, w] of the model's input size.
+
+    Returns (maps [layers, L, L] float32, keypoints [K, 2] in heatmap coordinates decoded with DARK, scores [K]);
+    tokens are row-major on the model's token grid (h / stride, w / stride).
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    heatmaps, attentions = model(crop[None].to(device), return_attention=True)
+    coords_hm, scores = model.data_config.codec().decode_heatmap_coords(heatmaps.float().cpu().numpy())
+    maps = torch.stack([a.reshape(a.shape[-2], a.shape[-1]) for a in attentions]).float().cpu().numpy()
+    return maps, coords_hm[0], scores[0]
+
+
 def explain_crop(model: torch.nn.Module, crop: torch.Tensor, threshold: float | None = None):
     """Run the attention path on one normalised crop [3, h, w] of the model's input size.
 
     Returns (areas, keypoints [K, 2] in crop pixels, scores [K]); keypoints are decoded with DARK.
     """
-    model.eval()
+    maps, coords_hm, scores = attention_maps(model, crop)
     codec = model.data_config.codec()
-    heatmaps, attentions = model(crop[None], return_attention=True)
-    coords_hm, scores = codec.decode_heatmap_coords(heatmaps.float().cpu().numpy())
     h, w = crop.shape[-2:]
     grid = (h // model.stride, w // model.stride)
     delta = default_threshold(model.stride) if threshold is None else threshold
-    areas = attention_areas([a[0] for a in attentions], coords_hm[0], grid, model.stride, delta, codec)
-    return areas, codec.heatmap_to_crop(coords_hm[0]), scores[0]
+    areas = attention_areas(list(torch.from_numpy(maps)), coords_hm, grid, model.stride, delta, codec)
+    return areas, codec.heatmap_to_crop(coords_hm), scores
 
 
 def draw_skeleton(
