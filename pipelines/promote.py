@@ -4,13 +4,14 @@ when it beats the current champion on the same data (mlops.registry has the rule
     python -m pipelines.promote
 
 Section keys: alias, decisions (the decisions of this run, a JSON record: not DVC metrics, they hold times and
-fingerprints), and models: NAME -> {run: a training run's out_dir, evaluation: the evaluation stage's
-NAME_evaluation.json for it}. Everything else is read from there: the logged model and MLflow run
-(run/mlflow_run.json), the model card (run/model.json), the metrics, the gate metric of the dataset kind, and
-the data they were computed on (fingerprinted). A champion scored on other data is re-evaluated on the
-candidate's with the evaluation stage's own code. A model whose run has no mlflow_run.json (it trained with
---no-mlflow) is skipped, with the reason in the decisions file. Promoters elsewhere (other machines on the same
-tracking server) take turns with this one through the registry; a turn not granted within
+fingerprints), onnx_dir (each registered model exported to ONNX_DIR/NAME.onnx, verified against PyTorch, and
+attached to its version: tags onnx.uri / onnx.sha256; empty: no export), and models: NAME -> {run: a training run's
+out_dir, evaluation: the evaluation stage's NAME_evaluation.json for it}. Everything else is read from there: the
+logged model and MLflow run (run/mlflow_run.json), the model card (run/model.json), the metrics, the gate metric of
+the dataset kind, and the data they were computed on (fingerprinted). A champion scored on other data is
+re-evaluated on the candidate's with the evaluation stage's own code. A model whose run has no mlflow_run.json (it
+trained with --no-mlflow) is skipped, with the reason in the decisions file. Promoters elsewhere (other machines on
+the same tracking server) take turns with this one through the registry; a turn not granted within
 $TRANSPOSE_PROMOTE_WAIT seconds (300) stops the stage with the holder's name and lease.
 """
 
@@ -29,6 +30,7 @@ from mlops.registry import (
     Evaluate,
     RegistryError,
     VersionRecord,
+    attach_file,
     download_checkpoint,
     promote,
     register,
@@ -36,7 +38,8 @@ from mlops.registry import (
 from mlops.tracking import stage_run
 from pipelines.evaluate import EvaluateSection, check_run, evaluate_run
 from pipelines.params import load_params, parse_section, stage_arguments
-from transpose.models import read_card
+from transpose.export.onnx import ExportError
+from transpose.models import load_trained, read_card
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class PromoteSection:
     models: dict[str, ModelEntry]
     alias: str = DEFAULT_ALIAS
     decisions: str = "outputs/promote/decisions.json"
+    onnx_dir: str = "outputs/promote/onnx"
 
     def __post_init__(self) -> None:
         if not self.alias:
@@ -110,6 +114,18 @@ def evaluate_on_data(holder: VersionRecord, data: EvalData) -> dict[str, float]:
     return metrics
 
 
+def attach_onnx(record: VersionRecord, run: str | Path, out: Path) -> dict:
+    """Export the run's model to `out` (verified against PyTorch by onnxruntime: an unfaithful export stops the
+    stage) and attach it to the version."""
+    from transpose.export.onnx import export_onnx
+
+    report = export_onnx(*load_trained(run), out)
+    worst = f"{report.worst_relative_diff:.2e}"
+    uri = attach_file(record, out, "onnx", "onnx", {"worst_relative_diff": worst})
+    print(f"{record.uri}: attached {out} ({uri}; onnxruntime matches PyTorch to {worst} of the max output)")
+    return {"file": str(out), "uri": uri, "worst_relative_diff": report.worst_relative_diff}
+
+
 def register_and_promote(
     name: str,
     entry: ModelEntry,
@@ -117,17 +133,22 @@ def register_and_promote(
     evaluate: Evaluate | None = evaluate_on_data,
     tracking_uri: str | None = None,
     wait: float | None = None,
+    onnx_dir: str | Path | None = None,
 ) -> dict:
-    """Register the entry's model and promote it (waiting at most `wait` seconds for the promotion turn, default
-    $TRANSPOSE_PROMOTE_WAIT or 300); a report for the decisions file."""
+    """Register the entry's model, attach its ONNX export (when `onnx_dir` is given) and promote it (waiting at
+    most `wait` seconds for the promotion turn, default $TRANSPOSE_PROMOTE_WAIT or 300); a report for the
+    decisions file."""
     if not (Path(entry.run) / "mlflow_run.json").is_file():
         return {
             "skipped": f"{entry.run}/mlflow_run.json is missing: its training stage ran without MLflow "
             "(--no-mlflow), so there is no logged model to register; rerun it with MLflow on"
         }
     record = register_entry(name, entry, tracking_uri)
+    onnx = attach_onnx(record, entry.run, Path(onnx_dir) / f"{name}.onnx") if onnx_dir else None
     decision = promote(name, record.version, metric=record.gate_metric, alias=alias, evaluate=evaluate, wait=wait)
     report = {"version": record.version, "run_id": record.run_id, **asdict(decision)}
+    if onnx:
+        report["onnx"] = onnx
     print(f"{name} v{record.version}: {'moved' if decision.moved else 'kept'} {alias} ({decision.reason})")
     return report
 
@@ -147,9 +168,13 @@ def main() -> None:
     with stage_run(args.stage, values, enabled=not args.no_mlflow) as tracker:
         try:
             for name, entry in section.models.items():
-                report["models"][name] = register_and_promote(name, entry, section.alias)
+                report["models"][name] = register_and_promote(
+                    name, entry, section.alias, onnx_dir=section.onnx_dir or None
+                )
         except RegistryError as err:
             raise SystemExit(f"promote: {err}") from None
+        except ExportError as err:
+            raise SystemExit(f"promote: the ONNX export failed, so nothing was attached: {err}") from None
         out = Path(section.decisions)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")

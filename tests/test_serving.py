@@ -269,3 +269,25 @@ def test_request_rows_are_checked_before_decoding(realdata):
         parse_row(3, {"image": _b64(photo), "box_scores": [1.0]})
     with pytest.raises(RequestError, match="over the limit of 0.1"):
         parse_row(0, {"image": _b64(photo)}, max_pixels=100_000)
+
+
+def test_the_promote_stage_attaches_a_verified_onnx_file_and_a_description(served, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from pipelines.promote import attach_onnx
+
+    _, run_dir, version = served
+    report = attach_onnx(version, run_dir, tmp_path / f"{NAME}.onnx")
+    assert report["worst_relative_diff"] <= 1e-4
+    mv = mlflow.MlflowClient().get_model_version(NAME, version.version)
+    assert mv.tags["onnx.uri"] == f"runs:/{version.run_id}/onnx/{NAME}.onnx" == report["uri"]
+    fetched = Path(mlflow.artifacts.download_artifacts(mv.tags["onnx.uri"], dst_path=str(tmp_path / "fetched")))
+    assert fetched.read_bytes() == (tmp_path / f"{NAME}.onnx").read_bytes()
+    assert mv.tags["onnx.sha256"] == registry_sha256(fetched)
+    assert mv.description.startswith("transpose_r_tiny at 128x96, 17 keypoints (coco)")
+    assert "gate AP; on coco val" in mv.description and "AP=0.1000" in mv.description
+
+
+def registry_sha256(path: Path) -> str:
+    from mlops.fingerprints import file_sha256
+
+    return file_sha256(path)

@@ -13,6 +13,10 @@ model URI, with version tags:
     run_id             the training run holding best.pth and model.json
     model_card         model.json's content (enough to rebuild the architecture)
     eval.<FP16>.<NAME> the model's metrics re-evaluated on other data (FP16: that data's fingerprint[:16])
+    onnx.uri, onnx.sha256, onnx.worst_relative_diff
+                       the verified ONNX export the promote stage attached (logged to the training run)
+
+and a description saying what the model is, what it was trained on and its metrics on what data.
 
 Promoting (`promote`) moves an alias (default `champion`) to a candidate version only when its gate metric is
 strictly greater than the holder's on the same data. When the holder was evaluated on other data it is
@@ -60,7 +64,7 @@ from mlops.registry.records import (
     RegistryError,
     VersionRecord,
 )
-from mlops.registry.versions import champion, get_version, register, resolve, run_card
+from mlops.registry.versions import attach_file, champion, get_version, register, resolve, run_card
 
 __all__ = [
     "CARD",
@@ -77,6 +81,7 @@ __all__ = [
     "RegistryError",
     "Ticket",
     "VersionRecord",
+    "attach_file",
     "champion",
     "download_checkpoint",
     "file_lock",

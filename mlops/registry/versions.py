@@ -223,4 +223,42 @@ def register(
         if card is not None:
             tags["model_card"] = json.dumps(card, sort_keys=True)
         mv = mlflow.register_model(model_uri, name, tags=tags)
+        client.update_model_version(name, mv.version, description=describe(card, metrics, gate_metric, data))
     return get_version(name, mv.version, client)
+
+
+def describe(card: dict | None, metrics: Mapping[str, float], gate_metric: str, data: EvalData) -> str:
+    """The version's description: what the model is, what it was trained on, and how it scored on what."""
+    lines = []
+    if card:
+        h, w = card.get("image_size", ("?", "?"))
+        keypoints = card.get("keypoints", {})
+        lines.append(
+            f"{card.get('model')} at {h}x{w}, {card.get('num_keypoints')} keypoints ({keypoints.get('name', '?')})"
+        )
+        training = card.get("training") or {}
+        if training:
+            origin = f", started from {training['init_from']}" if training.get("init_from") else ""
+            lines.append(f"trained by stage {training.get('stage', '?')} on {training.get('shards', '?')}{origin}")
+    scores = ", ".join(f"{k}={v:.4f}" for k, v in numeric(metrics).items())
+    lines.append(f"gate {gate_metric}; on {data.dataset} {data.split} ({data.annotations}): {scores}")
+    return "\n".join(lines)
+
+
+def attach_file(
+    record: VersionRecord, path: str | Path, folder: str, tag: str, facts: Mapping[str, str] | None = None
+) -> str:
+    """Log `path` to the version's training run under `folder` and point the version at it: tags `TAG.uri`
+    (runs:/RUN/FOLDER/NAME), `TAG.sha256`, and `TAG.<fact>` for each fact. Returns the URI."""
+    from mlops.fingerprints import file_sha256
+
+    path = Path(path)
+    client = mlflow_client()
+    uri = f"runs:/{record.run_id}/{folder}/{path.name}"
+    with store_errors(f"{record.uri}: attaching {path}"):
+        client.log_artifact(record.run_id, str(path), folder)
+        tags = {f"{tag}.uri": uri, f"{tag}.sha256": file_sha256(path)}
+        tags.update({f"{tag}.{k}": v for k, v in (facts or {}).items()})
+        for key, value in tags.items():
+            client.set_model_version_tag(record.name, record.version, key, value)
+    return uri
