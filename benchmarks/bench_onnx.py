@@ -27,13 +27,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from measure import busy_warning, time_calls
-from model_zoo import IMAGE_SIZE, build_model, make_input
-from report import DEFAULT_REPORT, command_line, cpu_description, write_section
 
 from transpose.export.onnx import export_onnx
 from transpose.keypoints import COCO
 from transpose.models import ModelCard
+
+from measure import busy_warning, time_calls
+from model_zoo import IMAGE_SIZE, build_model, make_input
+from report import DEFAULT_REPORT, command_line, cpu_description, write_section
 
 MODELS = ("transpose_r_a4", "transpose_h_a4")
 SECTION = "onnx"
@@ -52,7 +53,7 @@ def alternate(calls: dict, warmup: int, repeats: int, blocks: int) -> dict[str, 
     """Median seconds per call and cores busy of each named call, timed in alternating blocks."""
     times = {name: [] for name in calls}
     cores = {name: [] for name in calls}
-    for name, fn in calls.items():
+    for fn in calls.values():
         time_calls(fn, warmup, 0)
     for _ in range(blocks):
         for name, fn in calls.items():
