@@ -183,6 +183,15 @@ def test_a_served_photo_gets_the_keypoints_of_transpose_predict(served, realdata
         np.testing.assert_allclose(person["keypoints"], keypoints, atol=1e-4, rtol=0)
         assert person["score"] == pytest.approx(expected.score, abs=1e-4)
 
+    body = {
+        "dataframe_records": [{"image": _b64((coco / PHOTO).read_bytes()), "boxes": boxes}],
+        "params": {"flip": False},
+    }
+    unflipped = server.post(body)
+    assert unflipped.status_code == 200, unflipped.text[:2000]
+    no_flip = unflipped.json()["predictions"][0]["people"][0]["keypoints"]
+    assert np.abs(np.subtract(no_flip, people[0]["keypoints"])).max() > 1e-3  # the param reaches the model
+
     # integer boxes and no scores are fine; no boxes means the whole image is one person, as predict
     whole = server.post(
         {
