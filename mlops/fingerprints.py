@@ -21,17 +21,11 @@ import json
 from functools import cache
 from pathlib import Path
 
+from transpose.hashing import file_sha256
+
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_PACKAGES = ("cli", "pipelines", "mlops", "dataops", "transpose")
 ENVIRONMENT_PACKAGES = ("torch", "numpy", "opencv-python-headless", "deepspeed", "nvidia-dali-cuda130", "pycocotools")
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def data_fingerprint(files: list[Path]) -> str:

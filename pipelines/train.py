@@ -360,7 +360,9 @@ def log_run(p: TrainPlan, tracker) -> None:
     if p.section.plots and Path(p.section.plots).is_file():
         tracker.log_artifact(p.section.plots, "figures")
     if (out_dir / "best.pth").is_file():
-        model_uri = tracker.log_model(out_dir)
+        from mlops.serving.packaging import log_serving_model  # MLflow's pyfunc: loaded only when tracking
+
+        model_uri = tracker.log_model(lambda run_id: log_serving_model(out_dir, run_id=run_id))
         print(f"logged model {model_uri}")
         tracker.write_run_info(out_dir / "mlflow_run.json", model_uri)
 

@@ -25,6 +25,7 @@ from tests.training_runs import kill_tree
 from transpose import predict as P
 from transpose.codec import HeatmapCodec
 from transpose.crops import person_crops, read_image_rgb
+from transpose.hashing import file_sha256
 from transpose.inference import normalize
 from transpose.keypoints import COCO
 from transpose.losses import weighted_mse_loss
@@ -291,12 +292,6 @@ def test_the_promote_stage_attaches_a_verified_onnx_file_and_a_description(serve
     assert mv.tags["onnx.uri"] == f"runs:/{version.run_id}/onnx/{NAME}.onnx" == report["uri"]
     fetched = Path(mlflow.artifacts.download_artifacts(mv.tags["onnx.uri"], dst_path=str(tmp_path / "fetched")))
     assert fetched.read_bytes() == (tmp_path / f"{NAME}.onnx").read_bytes()
-    assert mv.tags["onnx.sha256"] == registry_sha256(fetched)
+    assert mv.tags["onnx.sha256"] == file_sha256(fetched)
     assert mv.description.startswith("transpose_r_tiny at 128x96, 17 keypoints (coco)")
     assert "gate AP; on coco val" in mv.description and "AP=0.1000" in mv.description
-
-
-def registry_sha256(path: Path) -> str:
-    from mlops.fingerprints import file_sha256
-
-    return file_sha256(path)

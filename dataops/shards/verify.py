@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dataops.shards.manifest import manifest_path, read_manifest
+from transpose.hashing import file_sha256
 
 
 class ShardError(ValueError):
@@ -30,14 +31,6 @@ class Verification:
 
 def cache_dir() -> Path:
     return Path(os.environ.get("TRANSPOSE_CACHE", Path.home() / ".cache" / "transpose")) / "verified"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _reshard(split: str) -> str:
@@ -80,7 +73,7 @@ def verify_shards(shard_dir: str | Path, split: str) -> Verification:
         if cache.get(path.name) == seen:
             continue
         report.hashed.append(path.name)
-        if _sha256(path) != sha:
+        if file_sha256(path) != sha:
             raise ShardError(
                 f"{path} does not match its sha256 in {manifest.path}: its bytes changed after it was written "
                 "(a damaged disk or copy, or an edited file); " + _reshard(split)

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -427,19 +428,17 @@ class MlflowTracker:
             step += 1
 
     # ---- what must arrive: the model --------------------------------------------------------------------------
-    def log_model(self, run_dir: str | Path) -> str:
-        """The run's best.pth and model.json as one MLflow model (`mlops.serving.packaging`: the image-serving
-        pyfunc plus the pytorch flavour). Returns the model URI. Called once the weights are on disk: while the
-        server is away it waits and retries for TRANSPOSE_TRACKING_FINAL_S seconds, then raises
+    def log_model(self, log: Callable[[str], object]) -> str:
+        """Log the run's model with `log(run_id)` (which returns MLflow's ModelInfo; the train stage passes
+        `mlops.serving.packaging.log_serving_model`). Returns the model URI. Called once the weights are on
+        disk: while the server is away it waits and retries for TRANSPOSE_TRACKING_FINAL_S seconds, then raises
         TrackingUnavailable."""
-        from mlops.serving.packaging import log_serving_model
-
         seconds = _seconds("TRANSPOSE_TRACKING_FINAL_S", 180.0)
         deadline = time.monotonic() + seconds
         while True:
             try:
                 retry(lambda: self.client.get_run(self.run_id), "reaching the server to log the model", seconds)
-                info = log_serving_model(run_dir, run_id=self.run_id)
+                info = log(self.run_id)
                 return info.model_uri
             except Exception as err:
                 seconds = deadline - time.monotonic()

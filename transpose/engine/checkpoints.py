@@ -12,12 +12,13 @@ unreadable `latest.json` costs nothing as long as a sealed folder exists.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+from transpose.hashing import file_sha256
 
 POINTER = "latest.json"
 SEAL = "complete.json"
@@ -64,14 +65,6 @@ def write_json_durably(path: Path, data: dict) -> None:
     fsync_path(path.parent)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _files(tag_dir: Path) -> list[Path]:
     return sorted(p for p in tag_dir.rglob("*") if p.is_file() and p.name != SEAL)
 
@@ -81,7 +74,7 @@ def seal(tag_dir: Path, state: dict) -> None:
     files = {}
     for path in _files(tag_dir):
         fsync_path(path)
-        files[str(path.relative_to(tag_dir))] = [path.stat().st_size, _sha256(path)]
+        files[str(path.relative_to(tag_dir))] = [path.stat().st_size, file_sha256(path)]
     for folder in {p.parent for p in _files(tag_dir)} | {tag_dir}:
         fsync_path(folder)
     write_json_durably(tag_dir / SEAL, {**state, "files": files})
@@ -107,7 +100,7 @@ def check_sealed(tag_dir: Path) -> tuple[dict | None, str]:
             return None, f"{name} is missing"
         if path.stat().st_size != size:
             return None, f"{name} is {path.stat().st_size} bytes, {size} when written (truncated or replaced)"
-        if _sha256(path) != sha:
+        if file_sha256(path) != sha:
             return None, f"{name} does not match its sha256 when written (the file was damaged)"
     return state, ""
 
