@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import torch
 
-from cli.args import keypoint_set, pick_device
+from cli.args import keypoint_set, parse_box, pick_device
 from cli.loading import load_model_arg
+from transpose.crops import read_image_rgb
 from transpose.predict import (
     WHOLE_IMAGE_NOTE,
     PredictInputError,
@@ -36,13 +38,17 @@ Writes to --out:
   <stem>_person<i>_explain.png   with --explain: person #i's attention dependency areas per encoder layer
 
 Image ids: from --annotations (images[].file_name -> id), else the COCO file name's number
-(000000000785.jpg -> 785), else fresh numbers (see images.json). Unreadable images are skipped and listed.
+(000000000785.jpg -> 785), else fresh numbers (see images.json). Unreadable images (also truncated JPEG/PNG
+files) are skipped and listed; when none can be read the command fails. The drawings show the people whose
+rescored score reaches --min-person-score; results.json keeps everyone, as COCO evaluation needs.
 
 examples:
   transpose predict --model outputs/pretrain --images data/synthetic/coco/images/val \\
       --boxes data/synthetic/coco/person_detection_results/synthetic_val_detections.json \\
       --annotations data/synthetic/coco/annotations/person_keypoints_val.json --out predictions/
   transpose predict --model models:/transpose-coco@champion --images photo.jpg --out out/ --explain
+  transpose predict --model outputs/pretrain --images tests/data/realdata/coco/000000000785.jpg \
+      --box 280,44,218,346 --out out/
 """
 
 
@@ -68,6 +74,12 @@ def add_parser(sub) -> None:
         metavar="JSON",
         help="person detections, COCO results JSON [{image_id, category_id, bbox: [x, y, w, h], score}]; only "
         "category 1 is used. Without it each image is ONE person whose box is the whole image",
+    )
+    p.add_argument(
+        "--box",
+        type=parse_box,
+        metavar="X,Y,W,H",
+        help="one person's box in pixels, for a single image (instead of --boxes); box score 1",
     )
     p.add_argument(
         "--annotations", metavar="JSON", help="COCO JSON whose images[].file_name -> id maps files to --boxes image ids"
@@ -100,6 +112,15 @@ def add_parser(sub) -> None:
         metavar="S",
         help="hide drawn keypoints with a lower confidence (0.2)",
     )
+    p.add_argument(
+        "--min-person-score",
+        type=float,
+        default=0.2,
+        metavar="S",
+        help="draw (and explain) only people whose rescored score (box score x mean confident keypoint score, "
+        "as in results.json) reaches S (0.2: duplicates of a person and boxes on no one score below it, a "
+        "found person well above); results.json keeps everyone",
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when a GPU is visible, else cpu")
     p.set_defaults(func=run)
 
@@ -111,13 +132,35 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"transpose predict: error: {err}") from None
 
 
+def one_box(box: list[float], files: list, boxes_file: str | None):
+    """--box as the detections of the single image: ([1, 4] boxes, [1] scores); it must overlap the image."""
+    if boxes_file:
+        raise PredictInputError("give either --box (one person) or --boxes (a detections file), not both")
+    if len(files) != 1:
+        raise PredictInputError(f"--box is for one image, but --images holds {len(files)}: point it at one file")
+    height, width = read_image_rgb(files[0]).shape[:2]
+    x, y, w, h = box
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        raise PredictInputError(
+            f"--box {x:g},{y:g},{w:g},{h:g} lies outside {files[0].name} ({width}x{height}); give x,y,w,h in its pixels"
+        )
+    return np.asarray([box], np.float64), np.ones(1)
+
+
 def predict(args: argparse.Namespace) -> int:
     options = PredictOptions(
-        batch_size=args.batch_size, flip=not args.no_flip, draw_threshold=args.draw_threshold, explain=args.explain
+        batch_size=args.batch_size,
+        flip=not args.no_flip,
+        draw_threshold=args.draw_threshold,
+        explain=args.explain,
+        min_person_score=args.min_person_score,
     )
     files = list_images(args.images)
     ids = assign_image_ids(files, annotation_ids(args.annotations) if args.annotations else None)
-    detections = load_detections(args.boxes, args.min_box_score) if args.boxes else None
+    if args.box is not None:
+        detections = {ids[0]: one_box(args.box, files, args.boxes)}
+    else:
+        detections = load_detections(args.boxes, args.min_box_score) if args.boxes else None
     if detections is not None and not set(ids) & set(detections):
         raise PredictInputError(
             f"--boxes {args.boxes}: none of its image ids match the {len(files)} image(s) in {args.images}; "

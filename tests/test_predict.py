@@ -39,6 +39,19 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def confident_checkpoint(tmp_path_factory) -> Path:
+    """The untrained model with every heatmap lifted by 0.5: each keypoint clears the rescoring's 0.2, so a
+    person's score follows its detector box score, as with a trained model."""
+    run = tmp_path_factory.mktemp("confident")
+    torch.manual_seed(0)
+    state = create_model(CARD.model, num_keypoints=17, image_size=CARD.image_size).state_dict()
+    state["final_layer.bias"] += 0.5
+    torch.save(state, run / "best.pth")
+    CARD.write(run / "model.json")
+    return run / "best.pth"
+
+
+@pytest.fixture(scope="module")
 def coco_dir(realdata) -> Path:
     return realdata / "coco"
 
@@ -118,7 +131,8 @@ def test_unreadable_image_is_skipped_and_reported(checkpoint, coco_dir, tmp_path
 def test_explain_writes_a_figure_per_person(checkpoint, coco_dir, tmp_path):
     image = _images(coco_dir)[0]
     out = tmp_path / "out"
-    assert main(["predict", "--model", str(checkpoint), "--images", str(image), "--out", str(out), "--explain"]) == 0
+    argv = ["predict", "--model", str(checkpoint), "--images", str(image), "--out", str(out), "--explain"]
+    assert main([*argv, "--min-person-score", "0"]) == 0  # untrained: every person scores 0
     figure = out / f"{image.stem}_person1_explain.png"
     assert figure.is_file() and cv2.imread(str(figure)) is not None
 
@@ -158,3 +172,76 @@ def test_clear_errors(checkpoint, coco_dir, tmp_path, monkeypatch, change, messa
         args[key] = str(lookup.get(value, value))
     with pytest.raises(SystemExit, match=message):
         main(["predict", *[item for pair in args.items() for item in pair]])
+
+
+def test_people_below_the_person_score_are_kept_in_results_but_not_drawn(
+    confident_checkpoint, coco_dir, tmp_path, capsys
+):
+    image = _images(coco_dir)[0]
+    argv = [
+        "predict",
+        "--model",
+        str(confident_checkpoint),
+        "--images",
+        str(image),
+        "--boxes",
+        str(coco_dir / DETECTIONS),
+    ]
+    assert main([*argv, "--out", str(tmp_path / "all"), "--min-person-score", "0"]) == 0
+    assert "not drawn" not in capsys.readouterr().out
+    scores = sorted({r["score"] for r in json.loads((tmp_path / "all" / "results.json").read_text())})
+    assert len(scores) > 3
+    cut = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2  # between two results: rounding is moot
+    assert main([*argv, "--out", str(tmp_path / "some"), "--min-person-score", f"{cut:.6f}"]) == 0
+    below = sum(r["score"] < cut for r in json.loads((tmp_path / "all" / "results.json").read_text()))
+    assert f"({below} below it not drawn; results.json keeps them)" in capsys.readouterr().out
+    same = json.loads((tmp_path / "some" / "results.json").read_text())
+    assert same == json.loads((tmp_path / "all" / "results.json").read_text())
+    assert main([*argv, "--out", str(tmp_path / "none"), "--min-person-score", "1"]) == 0
+    drawn = {k: cv2.imread(str(tmp_path / k / f"{image.stem}_pose.jpg")).astype(int) for k in ("all", "some", "none")}
+    plain = cv2.imread(str(image)).astype(int)
+    assert np.abs(drawn["none"] - plain).mean() < np.abs(drawn["some"] - plain).mean()  # JPEG noise only
+    assert np.abs(drawn["some"] - plain).mean() < np.abs(drawn["all"] - plain).mean()  # fewer skeletons
+    with pytest.raises(SystemExit, match=r"--min-person-score must be within \[0, 1\]"):
+        main([*argv, "--out", str(tmp_path / "bad"), "--min-person-score", "2"])
+
+
+def test_a_truncated_jpeg_is_skipped_and_named(checkpoint, coco_dir, tmp_path, capsys):
+    images = _copy_images(coco_dir, tmp_path / "images", 1)
+    whole = _images(coco_dir)[1].read_bytes()
+    (images / "cut.jpg").write_bytes(whole[: len(whole) // 5])  # OpenCV alone would pose its grey remainder
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(checkpoint), "--images", str(images), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped 1 unreadable image" in printed and "cut.jpg: cannot decode" in printed
+    assert "truncated JPEG" in printed
+    assert [i["file_name"] for i in json.loads((out / "images.json").read_text())] == [_images(coco_dir)[0].name]
+
+
+def test_no_readable_image_is_a_failure_that_lists_why(checkpoint, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    (images / "b.png").write_bytes(b"not a png at all")
+    with pytest.raises(SystemExit, match=r"no image could be read \(2 skipped: a\.jpg: .*truncated JPEG.*b\.png: "):
+        main(["predict", "--model", str(checkpoint), "--images", str(images), "--out", str(tmp_path / "out")])
+
+
+def test_one_box_poses_that_person_as_the_library_does(checkpoint, coco_dir, tmp_path):
+    image, box = _images(coco_dir)[0], [280.0, 44.0, 218.0, 346.0]
+    out = tmp_path / "out"
+    argv = ["predict", "--model", str(checkpoint), "--images", str(image), "--out", str(out)]
+    assert main([*argv, "--box", ",".join(map(str, box)), "--device", "cpu"]) == 0
+    (result,) = json.loads((out / "results.json").read_text())
+    expected = predict_boxes(load_model(checkpoint), read_image_rgb(image), [box], COCO_KEYPOINTS)
+    np.testing.assert_allclose(np.reshape(result["keypoints"], (-1, 3))[:, :2], expected.keypoints[0], atol=5e-4)
+    for extra, message in [
+        (["--box", "700,10,50,50"], r"--box 700,10,50,50 lies outside 000000000785\.jpg \(640x425\)"),
+        (["--box", "1,2,3"], None),  # argparse: x,y,w,h numbers (exit 2)
+        (["--box", "1,2,3,4", "--boxes", str(coco_dir / DETECTIONS)], "either --box .* or --boxes"),
+    ]:
+        with pytest.raises(SystemExit, match=message) as stopped:
+            main([*argv, *extra])
+        assert stopped.value.code != 0
+    with pytest.raises(SystemExit, match=r"--box is for one image, but --images holds 4"):
+        main(["predict", "--model", str(checkpoint), "--images", str(coco_dir), "--box", "1,2,3,4", "--out", str(out)])

@@ -46,6 +46,8 @@ def truncation(data: bytes) -> str | None:
     scan) occur only as markers; an embedded EXIF thumbnail has its own pair, earlier in the file.
     """
     jpeg, png = data[:2] == b"\xff\xd8", data[:8] == b"\x89PNG\r\n\x1a\n"
+    if jpeg and data.rfind(b"\xff\xda") < 0:
+        return f"truncated JPEG: no image scan ({len(data)} bytes)"
     if jpeg and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
         return f"truncated JPEG: no end-of-image marker after the last scan ({len(data)} bytes)"
     if png and data.rfind(b"IEND") < 0:
