@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -14,13 +15,13 @@ BUILT_IN_KEYPOINTS = {"coco": COCO, "mpii": MPII}
 
 
 def parse_box(text: str) -> list[float]:
-    """x,y,w,h in pixels, with w and h > 0."""
+    """x,y,w,h in pixels, finite, with w and h > 0."""
     try:
         box = [float(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"box must be x,y,w,h numbers, got {text!r}") from None
-    if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
-        raise argparse.ArgumentTypeError(f"box must be x,y,w,h with w, h > 0, got {text!r}")
+    if len(box) != 4 or not all(map(math.isfinite, box)) or box[2] <= 0 or box[3] <= 0:
+        raise argparse.ArgumentTypeError(f"box must be four finite numbers x,y,w,h with w, h > 0, got {text!r}")
     return box
 
 

@@ -49,6 +49,7 @@ def load_model_arg(
 
 
 def _load_registered(uri: str) -> tuple[nn.Module, ModelCard]:
+    """A registered version from the project's store ($MLFLOW_TRACKING_URI, else mlruns/mlflow.db, as promote)."""
     try:
         from mlops.registry import load_registered_model
     except ImportError as err:
@@ -56,4 +57,9 @@ def _load_registered(uri: str) -> tuple[nn.Module, ModelCard]:
             f"--model {uri}: registry URIs need the pipeline extras (mlflow): pip install -e '.[pipeline]', "
             f"or pass a best.pth checkpoint instead ({err})"
         ) from err
+    import mlflow
+
+    from mlops.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())  # MLflow's own default is ./mlflow.db, where promote never registers
     return load_registered_model(uri)
