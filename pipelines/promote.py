@@ -39,7 +39,7 @@ from mlops.tracking import stage_run
 from pipelines.evaluate import EvaluateSection, check_run, evaluate_run
 from pipelines.params import load_params, parse_section, stage_arguments
 from transpose.export.onnx import ExportError
-from transpose.models import load_trained, read_card
+from transpose.models import checkpoint_path, load_trained, read_card
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,11 @@ def main() -> None:
             raise SystemExit(f"params.yaml: {args.stage}.models.{name}.evaluation: {err}") from None
         if not (Path(entry.run) / "model.json").is_file():
             raise SystemExit(f"params.yaml: {args.stage}.models.{name}.run {entry.run}: no model.json there")
+        if section.onnx_dir and not checkpoint_path(entry.run).is_file():
+            raise SystemExit(
+                f"params.yaml: {args.stage}.models.{name}.run {entry.run}: no {checkpoint_path(entry.run).name} "
+                f"there to export to ONNX: rerun its training stage, or set {args.stage}.onnx_dir: '' to skip exports"
+            )
     report = {"alias": section.alias, "models": {}}
     with stage_run(args.stage, values, enabled=not args.no_mlflow) as tracker:
         try:

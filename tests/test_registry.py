@@ -263,6 +263,11 @@ def test_cli_registers_promotes_and_prints_the_history(store, tmp_path, capsys, 
     }}  # fmt: skip
     (tmp_path / "params.yaml").write_text(json.dumps({"promote": section}))
     monkeypatch.setattr("sys.argv", ["promote", "--params", str(tmp_path / "params.yaml"), "--no-mlflow"])
+    with pytest.raises(SystemExit, match=r"t-stage.run .*: no best.pth there to export to ONNX"):
+        stage.main()  # ONNX exports are on by default, and this run has only a logged model
+    assert mlflow.MlflowClient().search_model_versions("name='t-stage'") == []  # nothing registered yet
+    section["onnx_dir"] = ""  # exports are tested in test_serving
+    (tmp_path / "params.yaml").write_text(json.dumps({"promote": section}))
     stage.main()
     report = json.loads((tmp_path / "decisions.json").read_text())["models"]
     assert report["t-stage"]["moved"] and report["t-stage"]["candidate_value"] == 0.25
