@@ -156,7 +156,7 @@ def _decide(
     base = dict(time=_now(), alias=alias, metric=metric, candidate=candidate.version, candidate_value=value)
     base["fingerprint"] = candidate.data.fingerprint
     if holder is None:
-        return Decision(**base, holder=None, holder_value=None, moved=True, reason="no champion yet")
+        return Decision(**base, holder=None, holder_value=None, moved=True, reason=f"no version holds {alias} yet")
     base["holder"] = holder.version
     if holder.version == candidate.version:
         own = holder.metrics.get(metric)
