@@ -27,15 +27,24 @@ def _load(path: Path, what: str):
     return read_json(path, f"a COCO {what}")
 
 
+_PLAIN_NUMBERS = frozenset((int, float))
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def numbers(value, count: int) -> np.ndarray | None:
     """`value` as `count` finite float32s, or None if it is anything else (strings, bools, NaN, too large)."""
-    if not isinstance(value, list) or len(value) != count or not all(is_number(v) for v in value):
+    if not isinstance(value, list) or len(value) != count:
         return None
     try:
-        array = np.array([float(v) for v in value], dtype=np.float64)
-    except OverflowError:
+        if _PLAIN_NUMBERS.issuperset(map(type, value)):  # plain JSON numbers, checked at C speed
+            array = np.array(value, dtype=np.float64)
+        elif all(is_number(v) for v in value):  # subclasses of int and float too
+            array = np.array([float(v) for v in value], dtype=np.float64)
+        else:
+            return None
+    except OverflowError:  # an int too large for a float
         return None
-    if not np.isfinite(array).all() or (np.abs(array) > np.finfo(np.float32).max).any():
+    if not (np.abs(array) <= _FLOAT32_MAX).all():  # NaN, inf, or beyond float32
         return None
     return array.astype(np.float32)
 
@@ -113,35 +122,44 @@ def _keypoints(ann: dict, k: int) -> np.ndarray | None:
     if kpts is None:
         return None
     kpts = kpts.reshape(k, 3)
-    return kpts if np.isin(kpts[:, 2], (0.0, 1.0, 2.0)).all() else None
+    v = kpts[:, 2]
+    return kpts if ((v == 0) | (v == 1) | (v == 2)).all() else None
 
 
-def _annotation_problem(ann, k: int, category: int, categories: set[int], images: dict) -> tuple[str, str] | None:
-    """(reason, detail) why a ground-truth annotation cannot be used, None if it can; ('', '') for another
-    category's annotation (not ours to count)."""
+AnnotationCheck = tuple[tuple[str, str] | None, np.ndarray | None, np.ndarray | None]
+
+
+def _check_annotation(ann, k: int, category: int, categories: set[int], images: dict) -> AnnotationCheck:
+    """(problem, keypoints [k, 3], bbox [4]) of a ground-truth annotation, each number parsed once: problem is
+    (reason, detail) why it cannot be used, ('', '') for another category's annotation (not ours to count), or
+    None, and then the keypoints and the box are given."""
     if not isinstance(ann, dict):
-        return "malformed annotation", f"is {show(ann)}, not an object"
+        return ("malformed annotation", f"is {show(ann)}, not an object"), None, None
     cat = ann.get("category_id", category)
     if not is_id(cat) or cat not in categories:
-        return "malformed annotation", f"category_id {show(cat)} is not the id of an entry of 'categories'"
+        detail = f"category_id {show(cat)} is not the id of an entry of 'categories'"
+        return ("malformed annotation", detail), None, None
     if cat != category:
-        return "", ""
+        return ("", ""), None, None
     crowd = ann.get("iscrowd", 0)
     if not (isinstance(crowd, bool) or (isinstance(crowd, int) and crowd in (0, 1))):
-        return "malformed annotation", f'iscrowd {show(crowd)} is not 0/1 or false/true ("0" would read as a crowd)'
+        detail = f'iscrowd {show(crowd)} is not 0/1 or false/true ("0" would read as a crowd)'
+        return ("malformed annotation", detail), None, None
     if "id" in ann and not is_id(ann["id"]):
-        return "malformed annotation", f"id {show(ann['id'])} is not an integer"
+        return ("malformed annotation", f"id {show(ann['id'])} is not an integer"), None, None
     if crowd:
-        return "crowd annotation", ""
+        return ("crowd annotation", ""), None, None
     if not is_id(ann.get("image_id")):
-        return "malformed annotation", f"image_id {show(ann.get('image_id'))} is not an integer"
+        return ("malformed annotation", f"image_id {show(ann.get('image_id'))} is not an integer"), None, None
     if ann["image_id"] not in images:
-        return "annotation of an unknown image", f"image_id {ann['image_id']}"
-    if _keypoints(ann, k) is None or numbers(ann.get("bbox"), 4) is None:
-        return "malformed annotation", f"needs 'bbox' [x,y,w,h] and {3 * k} 'keypoints' numbers (x, y, v in 0/1/2)"
+        return ("annotation of an unknown image", f"image_id {ann['image_id']}"), None, None
+    kpts, box = _keypoints(ann, k), numbers(ann.get("bbox"), 4)
+    if kpts is None or box is None:
+        detail = f"needs 'bbox' [x,y,w,h] and {3 * k} 'keypoints' numbers (x, y, v in 0/1/2)"
+        return ("malformed annotation", detail), None, None
     if "area" in ann and numbers([ann["area"]], 1) is None:
-        return "malformed annotation", f"area {show(ann['area'])} is not a number"
-    return None
+        return ("malformed annotation", f"area {show(ann['area'])} is not a number"), None, None
+    return None, kpts, box
 
 
 def read_coco_keypoints(
@@ -162,31 +180,33 @@ def read_coco_keypoints(
     records = []
     kept: dict[int, int] = {}  # annotation id -> index
     for index, ann in enumerate(data["annotations"]):
-        where = f"{ann_file}: annotations[{index}] (id {show(ann.get('id')) if isinstance(ann, dict) else '?'})"
-        problem = _annotation_problem(ann, k, category, categories, images)
+
+        def where(index: int = index, ann=ann) -> str:  # the annotation, for a message (built only for one)
+            return f"{ann_file}: annotations[{index}] (id {show(ann.get('id')) if isinstance(ann, dict) else '?'})"
+
+        problem, kpts, box = _check_annotation(ann, k, category, categories, images)
         if problem == ("", ""):
             continue  # another category (e.g. not a person): not ours to count
         if problem is not None:
-            report.add(problem[0], f"{where}: {problem[1]}" if problem[1] else where)
+            report.add(problem[0], f"{where()}: {problem[1]}" if problem[1] else where())
             continue
         image = images[ann["image_id"]]
-        kpts, box = _keypoints(ann, k), numbers(ann["bbox"], 4)
         cleaned = clean_box(box, image["width"], image["height"]) if box[2] > 0 and box[3] > 0 else None
         area = float(ann.get("area", box[2] * box[3]))
         if cleaned is None or cleaned[2] <= 0 or cleaned[3] <= 0 or area <= 0:
-            report.add("degenerate box", f"{where}: bbox {box.tolist()}, area {area}")
+            report.add("degenerate box", f"{where()}: bbox {box.tolist()}, area {area}")
             continue
         if kpts[:, 2].max() <= 0:
-            report.add("no labelled keypoints", where)
+            report.add("no labelled keypoints", where())
             continue
         center, scale = box_to_center_scale(cleaned, aspect_ratio)
         if not _valid_scale(scale):
-            report.add("degenerate box", f"{where}: bbox {box.tolist()} gives scale {scale.tolist()}")
+            report.add("degenerate box", f"{where()}: bbox {box.tolist()} gives scale {scale.tolist()}")
             continue
         annotation_id = int(ann.get("id", index))
         if annotation_id in kept:
             raise CocoFormatError(
-                f"{where}: id {annotation_id} repeats annotations[{kept[annotation_id]}] (without an 'id', the index "
+                f"{where()}: id {annotation_id} repeats annotations[{kept[annotation_id]}] (without an 'id', the index "
                 "is the id); annotation ids must be unique (they make the sample keys): drop the duplicate or renumber"
             )
         kept[annotation_id] = index

@@ -144,7 +144,7 @@ def build_pipeline(
         if device == "gpu" or config.cpu_warp == "dali":
             crop = fn.warp_affine(
                 image,
-                matrix=m_dali.gpu() if device == "gpu" else m_dali,
+                matrix=m_dali,  # named arguments stay on the CPU, also for the GPU warp (DALI refuses GPU ones)
                 size=[h, w],
                 inverse_map=False,
                 fill_value=0,

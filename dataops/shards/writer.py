@@ -237,6 +237,40 @@ def _finished(shard_path: Path, records: Sequence[PersonRecord], kset: KeypointS
     return summary if same and shard_path.stat().st_size == summary.get("bytes") else None
 
 
+@dataclass
+class ShardPlan:
+    """What `write_shards` will do for a split: its records cut into shards, and which of them are already there."""
+
+    chunks: list[Sequence[PersonRecord]]  # shard i holds records [i n, (i+1) n)
+    paths: list[Path]  # {split}-NNNNN.tar, one per chunk
+    stale: list[Path]  # tars of an earlier, larger run of the split (removed with their index and record)
+    kept: dict[int, dict]  # shard index -> summary of a finished shard whose records and parameters match
+
+    @property
+    def todo(self) -> list[int]:
+        """The shards to write, in order."""
+        return [i for i in range(len(self.chunks)) if i not in self.kept]
+
+
+def plan_shards(
+    records: Sequence[PersonRecord], kset: KeypointSet, out_dir: str | Path, split: str, config: ShardConfig
+) -> ShardPlan:
+    """Cut `records` into shards of `config.samples_per_shard` and find, in `out_dir`, the finished shards to keep
+    and the stale ones of a larger earlier run; reads only the small `.done.json` records, changes nothing."""
+    out_dir = Path(out_dir)
+    n = config.samples_per_shard
+    chunks = [records[i : i + n] for i in range(0, len(records), n)]
+    paths = [out_dir / f"{split}-{i:05d}.tar" for i in range(len(chunks))]
+    planned = set(paths)
+    stale = sorted(path for path in out_dir.glob(f"{split}-*.tar") if path not in planned)
+    kept = {}
+    for i, (path, chunk) in enumerate(zip(paths, chunks)):
+        summary = _finished(path, chunk, kset, config)
+        if summary is not None:
+            kept[i] = summary
+    return ShardPlan(chunks, paths, stale, kept)
+
+
 def write_shards(
     records: Sequence[PersonRecord],
     kset: KeypointSet,
@@ -264,21 +298,12 @@ def write_shards(
         truth = out_dir / f"{split}-ground_truth{Path(ground_truth).suffix}"
         shutil.copyfile(ground_truth, truth.with_name(truth.name + ".partial"))
         os.replace(truth.with_name(truth.name + ".partial"), truth)
-    n = config.samples_per_shard
-    chunks = [records[i : i + n] for i in range(0, len(records), n)]
-    paths = [out_dir / f"{split}-{i:05d}.tar" for i in range(len(chunks))]
-    for stale in out_dir.glob(f"{split}-*.tar"):  # shards of a larger earlier run of this split
-        if stale not in paths:
-            for suffix in (".tar", ".idx", ".done.json"):
-                stale.with_suffix(suffix).unlink(missing_ok=True)
-    summaries: dict[int, dict] = {}
-    todo = []
-    for i, (path, chunk) in enumerate(zip(paths, chunks)):
-        kept = _finished(path, chunk, kset, config)
-        if kept is not None:
-            summaries[i] = kept
-        else:
-            todo.append(i)
+    plan = plan_shards(records, kset, out_dir, split, config)
+    for stale in plan.stale:
+        for suffix in (".tar", ".idx", ".done.json"):
+            stale.with_suffix(suffix).unlink(missing_ok=True)
+    chunks, paths, todo = plan.chunks, plan.paths, plan.todo
+    summaries: dict[int, dict] = dict(plan.kept)
     bar = _progress(len(chunks), f"shards {split}", initial=len(chunks) - len(todo)) if progress else None
     jobs = [(paths[i], chunks[i], kset, config) for i in todo]
     if config.workers > 1 and len(jobs) > 1:

@@ -11,14 +11,23 @@ area, RLE) and MPII (16 joints, 1-based, head boxes); a fake detector's boxes ex
 
 Modules: config (parameters), body (skeleton, poses), appearance (clothes), draw (primitives), person (painting
 one person into image + owner/part map), background (scenes, clutter, occluders), scene (one image and its
-labels), detections (fake detector), writer (files, workers, statistics), contact_sheet (labelled grid),
-sampling (fast weighted picks). Nothing here imports torch (`transpose` is imported lazily), so the render
-workers stay light.
+labels; `sample_labels`: the labels of a scene without its pixels), detections (fake detector), writer (files,
+workers, statistics), label_files (COCO-sized annotation and detection files of label-only scenes),
+contact_sheet (labelled grid), sampling (fast weighted picks). Nothing here imports torch (`transpose` is
+imported lazily), so the render workers stay light.
 """
 
 from dataops.synthetic.config import SyntheticConfig
 from dataops.synthetic.contact_sheet import contact_sheet
-from dataops.synthetic.scene import Sample, render_sample
+from dataops.synthetic.scene import Sample, render_sample, sample_labels
 from dataops.synthetic.writer import dataset_sources, generate
 
-__all__ = ["Sample", "SyntheticConfig", "contact_sheet", "dataset_sources", "generate", "render_sample"]
+__all__ = [
+    "Sample",
+    "SyntheticConfig",
+    "contact_sheet",
+    "dataset_sources",
+    "generate",
+    "render_sample",
+    "sample_labels",
+]

@@ -144,13 +144,30 @@ def _skyline(img, rng, horizon) -> None:
             cv2.circle(img, (int(x), int(horizon - r * rng.uniform(0.5, 1.5))), int(r), col, -1, cv2.LINE_AA)
 
 
+def scene_style(rng: np.random.Generator, height: int, horizon: float) -> tuple[str, int | None]:
+    """The background's first draws: its style ("indoor", "outdoor", "abstract") and, but for an abstract one, the
+    row of the half-resolution background where the ground starts (a room's floor is below the horizon)."""
+    h, hz = height // 2, horizon / 2
+    style = pick(rng, ("indoor", "outdoor", "abstract"), (0.4, 0.45, 0.15))
+    if style == "abstract":
+        return style, None
+    return style, int(np.clip(hz if style == "outdoor" else hz + rng.uniform(0.03, 0.25) * h, 2, h - 2))
+
+
+def floor_row(rng: np.random.Generator, height: int, horizon: float) -> float:
+    """The first image row of a scene's floor, as `background` draws it, without painting anything: the layout
+    of a label-only scene (its later draws are the background's pixels, which such a scene does not have)."""
+    _, split = scene_style(rng, height, horizon)
+    return horizon if split is None else 2.0 * split
+
+
 def background(rng: np.random.Generator, width: int, height: int, horizon: float) -> tuple[np.ndarray, float]:
     """A BGR uint8 background (a room, an outdoor scene or an abstract texture, softly out of focus), and the
     first row of its floor (rooms: where the wall ends; else the horizon)."""
-    floor = horizon
     w, h = width // 2, height // 2
     hz = horizon / 2
-    style = pick(rng, ("indoor", "outdoor", "abstract"), (0.4, 0.45, 0.15))
+    style, split = scene_style(rng, height, horizon)
+    floor = horizon if split is None else 2.0 * split
     if style == "abstract":
         a, b = np.array(random_colour(rng), np.float32), np.array(random_colour(rng), np.float32)
         t = _smooth_noise(rng, h, w, int(rng.integers(2, 8)), 1)
@@ -162,8 +179,6 @@ def background(rng: np.random.Generator, width: int, height: int, horizon: float
             img = img * np.where((u // period % 2 == 0)[..., None], 1.0, rng.uniform(0.7, 0.9))
     else:
         outdoor = style == "outdoor"
-        split = int(np.clip(hz if outdoor else hz + rng.uniform(0.03, 0.25) * h, 2, h - 2))
-        floor = 2.0 * split
         top = _sky(rng, split, w) if outdoor else _wall(rng, split, w)
         ground, kind = _ground(rng, h - split, w, outdoor)
         img = np.concatenate([top, ground], axis=0)

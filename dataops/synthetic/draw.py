@@ -1,7 +1,8 @@
 """Drawing primitives that paint a BGR image (anti-aliased) and, with the same shape, an owner/part label map.
 
-Every function takes `img` (H x W x 3 uint8) and `lab` (H x W uint16 or None) and draws in place with OpenCV,
-at 1/16-pixel precision. A point (x, y) is in pixel coordinates: the centre of pixel (i, j) is (i, j).
+Every function takes `img` (H x W x 3 uint8, or None) and `lab` (H x W uint16, or None) and draws in place with
+OpenCV, at 1/16-pixel precision; with `img` None only the label map is painted (label-only scenes: the labels
+of a picture without its pixels). A point (x, y) is in pixel coordinates: the centre of pixel (i, j) is (i, j).
 """
 
 from __future__ import annotations
@@ -29,26 +30,31 @@ def _r(r: float) -> int:
 
 
 def circle(img, lab, c, r, colour, code=0) -> None:
-    cv2.circle(img, _pt(c), _r(r), colour, -1, cv2.LINE_AA, SHIFT)
+    if img is not None:
+        cv2.circle(img, _pt(c), _r(r), colour, -1, cv2.LINE_AA, SHIFT)
     if lab is not None:
         cv2.circle(lab, _pt(c), _r(r), code, -1, cv2.LINE_8, SHIFT)
 
 
 def ellipse(img, lab, c, axes, angle, colour, code=0, start=0.0, end=360.0) -> None:
     ax = (_r(axes[0]), _r(axes[1]))
-    cv2.ellipse(img, _pt(c), ax, float(angle), start, end, colour, -1, cv2.LINE_AA, SHIFT)
+    if img is not None:
+        cv2.ellipse(img, _pt(c), ax, float(angle), start, end, colour, -1, cv2.LINE_AA, SHIFT)
     if lab is not None:
         cv2.ellipse(lab, _pt(c), ax, float(angle), start, end, code, -1, cv2.LINE_8, SHIFT)
 
 
 def polygon(img, lab, points, colour, code=0) -> None:
     pts = fix(points)
-    cv2.fillPoly(img, [pts], colour, cv2.LINE_AA, SHIFT)
+    if img is not None:
+        cv2.fillPoly(img, [pts], colour, cv2.LINE_AA, SHIFT)
     if lab is not None:
         cv2.fillPoly(lab, [pts], code, cv2.LINE_8, SHIFT)
 
 
 def line(img, p0, p1, colour, thickness: int = 1) -> None:
+    if img is None:
+        return
     cv2.line(img, _pt(p0), _pt(p1), colour, max(1, int(thickness)), cv2.LINE_AA, SHIFT)
 
 
@@ -76,7 +82,8 @@ def capsule_outline(p0, p1, r0, r1) -> np.ndarray:
 def capsule(img, lab, p0, p1, r0, r1, colour, code=0) -> None:
     """A tapered capsule (one convex polygon)."""
     pts = capsule_outline(p0, p1, r0, r1)
-    cv2.fillConvexPoly(img, pts, colour, cv2.LINE_AA, SHIFT)
+    if img is not None:
+        cv2.fillConvexPoly(img, pts, colour, cv2.LINE_AA, SHIFT)
     if lab is not None:
         cv2.fillConvexPoly(lab, pts, code, cv2.LINE_8, SHIFT)
 
@@ -84,7 +91,7 @@ def capsule(img, lab, p0, p1, r0, r1, colour, code=0) -> None:
 def shaded_capsule(img, lab, p0, p1, r0, r1, colour, code, light) -> None:
     """A capsule with a soft shadow on the side away from the light (2D unit vector) and a highlight."""
     capsule(img, lab, p0, p1, r0, r1, colour, code)
-    if max(r0, r1) < 2.0:
+    if img is None or max(r0, r1) < 2.0:  # the strips change colours only
         return
     x0, y0, x1, y1 = float(p0[0]), float(p0[1]), float(p1[0]), float(p1[1])
     length = math.hypot(x1 - x0, y1 - y0)
@@ -110,6 +117,10 @@ def textured_fill(img, lab, points, code, colour_fn) -> None:
     The polygon is drawn anti-aliased into a local alpha mask, so only its bounding box is touched.
     """
     pts = np.asarray(points, dtype=np.float64)
+    if img is None:
+        if lab is not None:
+            cv2.fillPoly(lab, [fix(pts)], code, cv2.LINE_8, SHIFT)
+        return
     height, width = img.shape[:2]
     x0, y0 = max(0, int(np.floor(pts[:, 0].min())) - 1), max(0, int(np.floor(pts[:, 1].min())) - 1)
     x1, y1 = min(width, int(np.ceil(pts[:, 0].max())) + 2), min(height, int(np.ceil(pts[:, 1].max())) + 2)

@@ -26,13 +26,14 @@ import cv2
 import numpy as np
 
 from dataops.synthetic.appearance import sample_outfit
-from dataops.synthetic.background import CLUTTER_KINDS, OCCLUDER_KINDS, Thing, background, draw_thing
+from dataops.synthetic.background import CLUTTER_KINDS, OCCLUDER_KINDS, Thing, background, draw_thing, floor_row
 from dataops.synthetic.body import forward_kinematics, root_rotation, sample_pose, sample_proportions
 from dataops.synthetic.config import SyntheticConfig
 from dataops.synthetic.person import NUM_PARTS, OBJECT, PART, Person, paint_person
 from dataops.synthetic.sampling import pick
 
 SPLITS = {"coco_train": 1, "coco_val": 2, "mpii_train": 3, "mpii_valid": 4}
+LABEL_ONLY_STREAM = 2  # the last word of a label-only scene's seed (the detector's stream of an image is 1)
 
 COCO_POINTS = (
     "nose", "l_eye", "r_eye", "l_ear", "r_ear", "l_shoulder", "r_shoulder", "l_elbow", "r_elbow",
@@ -91,7 +92,7 @@ class PersonLabel:
 class Sample:
     """One rendered image, its annotated people (painting order, far to near) and its non-person objects."""
 
-    image: np.ndarray  # H x W x 3 uint8 BGR
+    image: np.ndarray | None  # H x W x 3 uint8 BGR; None for a label-only scene (`sample_labels`)
     people: list[PersonLabel]
     things: list[Thing]
 
@@ -311,12 +312,48 @@ def _label_person(person: Person, facing: str, lab: np.ndarray, base: int, cfg: 
 def render_sample(cfg: SyntheticConfig, split: str, index: int) -> Sample:
     """Render image `index` of `split` ("coco_train", "coco_val", "mpii_train", "mpii_valid") with its labels."""
     rng = sample_rng(cfg.seed, split, index)
-    width, height = cfg.image_size
+    layout = _layout(rng, cfg)
+    img, floor = background(rng, *cfg.image_size, layout.horizon)
+    people, things = _populate(cfg, rng, img, layout, floor)
+    return Sample(image=_camera(img, rng), people=people, things=things)
+
+
+def sample_labels(cfg: SyntheticConfig, split: str, index: int) -> Sample:
+    """The labels of a scene without its pixels (`image` is None): people, occluders and clutter sampled, placed
+    and painted into the owner/part map only, then labelled by the rules above, as `render_sample` does.
+
+    For label files of a dataset's size where no pixels are needed (a rehearsal of COCO-sized reading and
+    evaluation). Its scenes come from their own random stream, a function of (seed, split, index): the same
+    distributions as the rendered images, not the same draws (those go on to the background's pixels).
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([int(cfg.seed), SPLITS[split], int(index), LABEL_ONLY_STREAM]))
+    layout = _layout(rng, cfg)
+    people, things = _populate(cfg, rng, None, layout, floor_row(rng, cfg.image_size[1], layout.horizon))
+    return Sample(image=None, people=people, things=things)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    horizon: float  # image row of the horizon
+    ratio: float  # camera-height ratio: a person standing on row g is (g - horizon) / ratio px tall
+    light: np.ndarray  # [2] unit vector toward the light, from above
+
+
+def _layout(rng, cfg: SyntheticConfig) -> _Layout:
+    height = cfg.image_size[1]
     horizon = rng.uniform(0.22, 0.6) * height
     ratio = rng.uniform(0.55, 1.15)
     angle = rng.uniform(np.pi * 0.15, np.pi * 0.85)
-    light = np.array([np.cos(angle), -np.sin(angle)])  # toward the light, from above
-    img, floor = background(rng, width, height, horizon)
+    return _Layout(horizon, ratio, np.array([np.cos(angle), -np.sin(angle)]))
+
+
+def _populate(
+    cfg: SyntheticConfig, rng, img: np.ndarray | None, layout: _Layout, floor: float
+) -> tuple[list[PersonLabel], list[Thing]]:
+    """Clutter, people and occluders drawn, placed and painted far to near (into `img` too unless it is None),
+    then the people labelled from the owner/part map; returns the annotated people and the non-person objects."""
+    width, height = cfg.image_size
+    horizon, ratio, light = layout.horizon, layout.ratio, layout.light
     lab = np.zeros((height, width), np.uint16)
     things: list[Thing] = []
     lo, hi = cfg.clutter_per_image
@@ -361,7 +398,8 @@ def render_sample(cfg: SyntheticConfig, split: str, index: int) -> Sample:
         if what == 0:
             person, _, facing = people[i]
             base = 2 + order * NUM_PARTS
-            _contact_shadow(img, person)
+            if img is not None:
+                _contact_shadow(img, person)
             paint_person(img, lab, person, base, light, cfg.left_shade)
             painted.append((person, facing, base))
             order += 1
@@ -369,5 +407,4 @@ def render_sample(cfg: SyntheticConfig, split: str, index: int) -> Sample:
             kind, x, size = occluders[i]
             things.append(draw_thing(img, lab, rng, kind, x, ground, size, OBJECT, light))
     labels = [_label_person(person, facing, lab, base, cfg) for person, facing, base in painted]
-    img = _camera(img, rng)
-    return Sample(image=img, people=[p for p in labels if p is not None], things=things)
+    return [p for p in labels if p is not None], things

@@ -97,5 +97,13 @@ def validate(
     """Predict this rank's share, gather, check on every rank that all are finite (NonFiniteError naming the
     sample otherwise, on every rank alike), score on rank 0; every rank returns rank 0's metrics."""
     local = predict(model, batches, keypoint_set, codec, device, flip, check_finite=False)
+    return score_predictions(local, scorer, keypoint_set)
+
+
+def score_predictions(
+    local: Predictions, scorer: Scorer, keypoint_set: KeypointSet
+) -> tuple[dict[str, float], list[dict]]:
+    """What `validate` does after predicting: gather every rank's predictions, check on every rank that all are
+    finite, score on rank 0 (for COCO: rescoring, OKS-NMS, COCOeval) and hand rank 0's (metrics, results) to all."""
     preds = check_predictions(gather_predictions(local), keypoint_set, where="validation predictions")
     return broadcast_object(scorer(preds) if is_main() else None)

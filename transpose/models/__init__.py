@@ -17,9 +17,11 @@ from transpose.models.checkpoint import (
     read_state_dict,
 )
 from transpose.models.registry import MODELS, create_model, list_models
+from transpose.models.transformer import ATTENTION_KINDS, set_attention
 from transpose.models.transpose_net import DataConfig, TransPose, TransPoseH, TransPoseR
 
 __all__ = [
+    "ATTENTION_KINDS",
     "CARD_NAME",
     "MODELS",
     "CheckpointMismatchError",
@@ -39,4 +41,5 @@ __all__ = [
     "load_trained",
     "read_card",
     "read_state_dict",
+    "set_attention",
 ]

@@ -3,8 +3,10 @@
 Changes from torch.nn.TransformerEncoderLayer:
     * the position embedding is added to queries and keys (never values) in every layer;
     * tokens are batch-first [B, L, d]; the position table is [1, L, d];
-    * attention runs through F.scaled_dot_product_attention and keeps no L x L matrix, unless the
-      caller asks for the head-averaged attention map (the explicit softmax path, for explanations).
+    * attention keeps no L x L matrix: F.scaled_dot_product_attention, or with dropout while training on CPU
+      (where PyTorch's fused kernels have no dropout) the tiled `blocked_attention`; the explicit softmax path
+      runs only when the caller asks for the head-averaged attention map (explanations) or for
+      `set_attention(model, "explicit")`, the reference's formulation (benchmarks).
 Parameter names equal nn.MultiheadAttention's (in_proj_weight, in_proj_bias, out_proj), so reference
 checkpoints load unchanged.
 """
@@ -14,6 +16,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from transpose.models.blocked_attention import blocked_attention
+
+ATTENTION_KINDS = ("fused", "explicit")
 
 
 class PositionalSelfAttention(nn.Module):
@@ -26,6 +32,7 @@ class PositionalSelfAttention(nn.Module):
         self.d_model = d_model
         self.nhead = nhead
         self.dropout = dropout
+        self.attention = "fused"  # or "explicit": see set_attention
         self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
         self.out_proj = nn.Linear(d_model, d_model)
@@ -45,13 +52,15 @@ class PositionalSelfAttention(nn.Module):
         q, k = self._heads(qk[..., :d]), self._heads(qk[..., d:])
         v = self._heads(v)
         p = self.dropout if self.training else 0.0
-        if need_weights:
+        weights = None
+        if need_weights or self.attention == "explicit":
             scale = (d // self.nhead) ** -0.5
             attn = torch.softmax((q * scale) @ k.transpose(-2, -1), dim=-1)  # [B, h, L, L]
-            weights = attn.mean(dim=1)
+            weights = attn.mean(dim=1) if need_weights else None
             out = F.dropout(attn, p, training=self.training) @ v
+        elif p > 0 and q.device.type == "cpu" and torch.is_grad_enabled():
+            out = blocked_attention(q, k, v, dropout_p=p)
         else:
-            weights = None
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         b, _, n, _ = out.shape
         out = out.transpose(1, 2).reshape(b, n, d)
@@ -99,3 +108,14 @@ class TransformerEncoder(nn.Module):
             if weights is not None:
                 maps.append(weights)
         return x, maps
+
+
+def set_attention(model: nn.Module, kind: str) -> nn.Module:
+    """Switch every attention of `model` to `kind`: "fused" (the default: no L x L matrix kept) or "explicit"
+    (softmax stored, then dropout, as the reference's nn.MultiheadAttention; for comparisons)."""
+    if kind not in ATTENTION_KINDS:
+        raise ValueError(f"attention kind {kind!r}: use one of {', '.join(ATTENTION_KINDS)}")
+    for module in model.modules():
+        if isinstance(module, PositionalSelfAttention):
+            module.attention = kind
+    return model

@@ -1,0 +1,123 @@
+"""Attention with dropout on the probabilities that never keeps an L x L matrix (the training path on CPU).
+
+    out = Dropout_p(softmax(q k^T / sqrt(d))) v        (the reference's nn.MultiheadAttention semantics)
+
+PyTorch's CPU flash kernel has no dropout, so with dropout > 0 `F.scaled_dot_product_attention` falls back to the
+math kernel, which stores every layer's [B, h, L, L] softmax and dropout mask for the backward pass, as the
+reference does. Here the query rows are processed in tiles of about `tile_elements` scores: the forward pass keeps
+only q, k, v and the output; the backward pass recomputes each tile's probabilities (FlashAttention's recipe) and
+regenerates its dropout mask, so the same mask is applied in both passes. A score is kept with probability
+1 - p and then scaled by 1 / (1 - p), as `F.dropout`; a tile's draws come from a generator seeded with the
+call's seed and the tile's number, which `keep_mask` reproduces for tests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+DEFAULT_TILE_ELEMENTS = 1 << 18  # scores per tile: 1 MB in float32, cache-sized on the CPUs measured
+
+
+def tiles(n: int, length: int, tile_elements: int = DEFAULT_TILE_ELEMENTS) -> list[tuple[slice, slice]]:
+    """The (batch-head slice, query-row slice) tiles covering [n, length] query rows, each of about
+    `tile_elements` scores (whole batch-heads when a few fit, else row blocks of one)."""
+    rows = max(1, min(length, tile_elements // length))
+    heads = max(1, tile_elements // (rows * length)) if rows == length else 1
+    return [
+        (slice(b, min(b + heads, n)), slice(r, min(r + rows, length)))
+        for b in range(0, n, heads)
+        for r in range(0, length, rows)
+    ]
+
+
+def _tile_keep(seed: int, number: int, like: Tensor, p: float) -> Tensor:
+    """True where the tile's score is kept (probability 1 - p, to 2^-32), drawn from (seed, tile number).
+
+    On CPU the draws are 32-bit words of NumPy's SFC64 generator, about 4x faster than torch.rand here (which
+    would cost more than the rest of the tile); elsewhere torch's generator on the tensor's device.
+    """
+    if like.device.type == "cpu":
+        count = like.numel()
+        words = np.random.SFC64([seed, number]).random_raw((count + 1) // 2).view(np.uint32)[:count]
+        return torch.from_numpy(words >= np.uint32(min(round(p * 2**32), 2**32 - 1))).view(like.shape)
+    generator = torch.Generator(device=like.device).manual_seed(seed + number)
+    return torch.rand(like.shape, dtype=torch.float32, device=like.device, generator=generator) >= p
+
+
+def keep_mask(
+    seed: int, n: int, length: int, p: float, tile_elements: int = DEFAULT_TILE_ELEMENTS,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:  # fmt: skip
+    """The [n, L, L] dropout multiplier (0 or 1/(1-p)) that `blocked_attention(..., seed=seed)` applies."""
+    out = torch.empty(n, length, length, dtype=dtype)
+    for number, (b, r) in enumerate(tiles(n, length, tile_elements)):
+        out[b, r] = _tile_keep(seed, number, out[b, r], p).to(dtype) / (1.0 - p)
+    return out
+
+
+class _BlockedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, p: float, seed: int, tile_elements: int) -> Tensor:
+        n, length, dim = q.shape
+        q_scaled = q * dim**-0.5
+        k_t = k.transpose(1, 2).contiguous()
+        out = torch.empty(n, length, v.shape[-1], dtype=q.dtype, device=q.device)
+        for number, (b, r) in enumerate(tiles(n, length, tile_elements)):
+            probs = torch.softmax(torch.bmm(q_scaled[b, r], k_t[b]), dim=-1)  # [nb, rows, L]
+            if p > 0:
+                probs.mul_(_tile_keep(seed, number, probs, p))
+            torch.bmm(probs, v[b], out=out[b, r])
+        if p > 0:
+            out.div_(1.0 - p)
+        ctx.save_for_backward(q_scaled, k_t, v, out)
+        ctx.p, ctx.seed, ctx.tile_elements = p, seed, tile_elements
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        q_scaled, k_t, v, out = ctx.saved_tensors
+        p, seed = ctx.p, ctx.seed
+        n, length, dim = q_scaled.shape
+        grad_out = grad_out.contiguous()
+        v_t = v.transpose(1, 2).contiguous()
+        # rowsum(dP * P) = dO . O; scaled by (1 - p) because the tiles below work with the unscaled mask
+        delta = (grad_out * out).sum(-1, keepdim=True).mul_(1.0 - p)
+        dq, dk_t, dv = torch.empty_like(q_scaled), torch.zeros_like(k_t), torch.zeros_like(v)
+        for number, (b, r) in enumerate(tiles(n, length, ctx.tile_elements)):
+            probs = torch.softmax(torch.bmm(q_scaled[b, r], k_t[b]), dim=-1)  # P of the forward pass
+            grad = torch.bmm(grad_out[b, r], v_t[b])  # dL/dZ for Z = P * keep / (1 - p)
+            if p > 0:
+                keep = _tile_keep(seed, number, probs, p)
+                grad.mul_(keep)
+                probs_kept = probs * keep
+            else:
+                probs_kept = probs
+            grad.sub_(delta[b, r]).mul_(probs)  # (1 - p) * dL/dS, S = q_scaled k^T
+            dv[b] += torch.bmm(probs_kept.transpose(1, 2), grad_out[b, r])
+            torch.bmm(grad, k_t[b].transpose(1, 2), out=dq[b, r])
+            dk_t[b] += torch.bmm(q_scaled[b, r].transpose(1, 2), grad)
+        inverse = 1.0 / (1.0 - p)
+        dq.mul_(inverse * dim**-0.5)
+        dk = dk_t.transpose(1, 2).mul_(inverse)
+        return dq, dk, dv.mul_(inverse), None, None, None
+
+
+def blocked_attention(
+    q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0, seed: int | None = None,
+    tile_elements: int = DEFAULT_TILE_ELEMENTS,
+) -> Tensor:  # fmt: skip
+    """Dropout_p(softmax(q k^T / sqrt(d))) v for q, k, v [..., L, d], in tiles, differentiable.
+
+    `seed` fixes the dropout masks (see `keep_mask`); by default one is drawn from torch's global generator, so a
+    seeded (or resumed) run draws the same masks.
+    """
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if dropout_p > 0 and seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    lead = q.shape[:-2]
+    flat = [t.reshape(-1, *t.shape[-2:]) for t in (q, k, v)]
+    out = _BlockedAttention.apply(*flat, float(dropout_p), int(seed or 0), int(tile_elements))
+    return out.view(*lead, *out.shape[-2:])
