@@ -37,7 +37,7 @@ from transpose.models import set_attention
 
 from measure import busy_warning, matmul_gflops, time_calls
 from model_zoo import build_model, make_input
-from probe import _reset_peak_rss, _status_kib
+from probe import reset_peak_rss, status_kib
 from report import DEFAULT_REPORT, REPO_ROOT, command_line, cpu_description, write_section
 
 SECTION = "train_step"
@@ -107,10 +107,10 @@ def measure_cell(config: Config, kind: str, threads: int, warmup: int, repeats: 
                 return model(x).abs().max().item()
 
     gc.collect()
-    _reset_peak_rss()
-    baseline = _status_kib("VmRSS") or 0
+    reset_peak_rss()
+    baseline = status_kib("VmRSS") or 0
     loss = step()
-    peak = _status_kib("VmHWM") or 0
+    peak = status_kib("VmHWM") or 0
     step_s, cores = time_calls(step, warmup, repeats)
     return Cell(config.batch, (peak - baseline) / 1024, step_s, cores, loss)
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from gpu_plan import FIXED_DRAWS, TOLERANCES, Check, Outcome, Plan, TrainRate, guarded
-from probe import _reset_peak_rss, _status_kib
+from probe import reset_peak_rss, status_kib
 from report import REPO_ROOT
 
 FIXTURE = REPO_ROOT / "tests" / "data" / "realdata" / "coco"
@@ -440,14 +440,14 @@ def peak_memory_reset(device: str) -> None:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     else:
-        _reset_peak_rss()
+        reset_peak_rss()
 
 
 def peak_memory(device: str) -> str:
     """The peak since peak_memory_reset: CUDA memory allocated by torch, or (CPU) the process's peak RSS."""
     if device == "cuda":
         return f"{torch.cuda.max_memory_allocated() / GIB:.1f} GiB allocated"
-    kib = _status_kib("VmHWM")
+    kib = status_kib("VmHWM")
     return f"{kib / 1024**2:.2f} GiB RSS (process)" if kib else "not measured"
 
 

@@ -46,7 +46,7 @@ class ProbeResult:
         return (self.peak_rss_kib - self.baseline_rss_kib) / 1024
 
 
-def _status_kib(field: str) -> int | None:
+def status_kib(field: str) -> int | None:
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -57,7 +57,7 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
-def _reset_peak_rss() -> bool:
+def reset_peak_rss() -> bool:
     """Reset the kernel's RSS high-water mark to the current RSS (Linux >= 4.0)."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -74,9 +74,9 @@ def run_probe(spec: ProbeSpec) -> ProbeResult:
     x = make_input(spec.batch, spec.image_size)
     tokens = (spec.image_size[0] // model.stride) * (spec.image_size[1] // model.stride)
     gc.collect()
-    was_reset = _reset_peak_rss()
-    baseline = _status_kib("VmRSS")
-    use_hwm = baseline is not None and _status_kib("VmHWM") is not None
+    was_reset = reset_peak_rss()
+    baseline = status_kib("VmRSS")
+    use_hwm = baseline is not None and status_kib("VmHWM") is not None
     if baseline is None:
         baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     source = ("VmHWM (reset)" if was_reset else "VmHWM") if use_hwm else "ru_maxrss"
@@ -90,7 +90,7 @@ def run_probe(spec: ProbeSpec) -> ProbeResult:
 
     with torch.inference_mode():
         heatmaps = forward()
-        peak = _status_kib("VmHWM") if use_hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = status_kib("VmHWM") if use_hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         torch.save(heatmaps, spec.heatmaps_path)
         del heatmaps
         batch_s, cores = time_calls(forward, spec.warmup, spec.repeats)
