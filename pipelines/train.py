@@ -50,7 +50,7 @@ from transpose.evaluation.protocols import dataset_kind
 from transpose.models import MODELS, ModelCard, checkpoint_path, load_reference_checkpoint, read_card
 
 STAGE_MODULE = "pipelines.train"
-NOT_IN_RESULT = ("out_dir", "metrics", "plots", "workers")  # where outputs go, how many loader workers
+NOT_IN_RESULT = ("out_dir", "metrics", "plots", "workers", "profile")  # where outputs go, loader workers, timing
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,7 @@ class TrainSection:
     workers: int = 2
     deepspeed_config: str = "infra/deepspeed/zero0_fp32.json"
     augment: dict = field(default_factory=dict)  # AugmentConfig fields over the reference's
+    profile: bool = False  # time every step's phases on CUDA too (synchronising); on CPU they always are
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -225,6 +226,15 @@ def use_environment_extension_cache() -> None:
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
 
 
+def prebuild_deepspeed_ops() -> None:
+    """Build that op now (scripts/setup.sh calls this), so that the first training does not wait for the compiler
+    (about 40 s on 2 cores); nothing is built where DeepSpeed's accelerator has no such op."""
+    use_environment_extension_cache()
+    from deepspeed.comm.torch import build_shm_op
+
+    build_shm_op()
+
+
 def per_process_batch(section: TrainSection, world: int, stage: str) -> int:
     """The batch each of `world` processes takes so that the global batch stays `processes` x `batch_size`:
     the section's batch_size when the run has the processes it names, else the same global batch re-split
@@ -325,6 +335,7 @@ def train(p: TrainPlan, tracker=None, on_epoch_end=None) -> dict:
         device=s.device,
         fingerprint=json.dumps(run_identity(p), sort_keys=True),
         on_epoch_end=on_epoch_end,
+        profile=s.profile,
     )
     return trainer.fit()
 

@@ -17,4 +17,6 @@ PY
 # torch before anything else, so that no dependency resolver picks a multi-GB CUDA build
 .venv/bin/python -m pip install --quiet "${TORCH_SPEC:-torch==2.13.0}"
 .venv/bin/python -m pip install --quiet -e ".[pipeline,export,dev]"
+# DeepSpeed JIT-builds a CPU communication op the first time a process group starts: build it once, here
+.venv/bin/python -c "from pipelines.train import prebuild_deepspeed_ops; prebuild_deepspeed_ops()"
 .venv/bin/python -c "import torch, transpose; print(f'ready: torch {torch.__version__}, transpose {transpose.__version__}')"

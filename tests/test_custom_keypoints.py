@@ -154,6 +154,10 @@ def test_training_gives_one_heatmap_per_keypoint_and_a_card_that_says_so(project
     assert model.num_keypoints == 5 and model(torch.zeros(1, 3, 64, 48)).shape == (1, 5, 16, 12)
     history = json.loads((project / "outputs" / "hands" / "history.json").read_text())
     assert len(history) == 2 and all("val/AP" in r for r in history)
+    phases = ("loader", "targets", "forward", "backward", "allreduce", "optimizer", "logging")
+    for record in history:  # where each step's time went, and how long validation took
+        assert all(record[f"profile/{p}_ms"] >= 0 for p in phases) and record["profile/forward_ms"] > 0
+        assert record["time/validation_s"] > 0
     metrics = json.loads((project / "metrics" / "hands.json").read_text())
     assert set(metrics) == {"best_epoch", "AP", "AP50", "AP75", "APm", "APl", "AR"}  # what people compare
     assert (project / "plots" / "hands.png").stat().st_size > 10_000

@@ -22,6 +22,7 @@ class TrainConfig:
     sync_bn: bool = False  # SyncBatchNorm across ranks
     freeze_bn: bool = False  # BatchNorm in eval mode (running statistics fixed)
     dropout: float | None = None  # None keeps the model's (0.1); 0 for exact multi-process equivalence tests
+    channels_last: bool = True  # NHWC convolutions (1.2x faster steps on CPU; docs/benchmarks.md); false: NCHW
     checkpoint_every_steps: int = 0  # also save every N optimizer steps (0: epoch ends only)
     keep_checkpoints: int = 2
     keep_previous_runs: int = 2  # checkpoint folders of earlier runs (another fingerprint) kept aside

@@ -61,6 +61,7 @@ from transpose.engine.distributed import (
     rng_state,
     set_rng_state,
 )
+from transpose.engine.step_profile import StepProfile
 from transpose.engine.tracking import NullTracker, Tracker
 from transpose.losses import weighted_mse_loss
 
@@ -132,7 +133,10 @@ class Trainer:
         head_prefixes: tuple[str, ...] = ("final_layer.",),
         fingerprint: str = "",
         on_epoch_end: Callable[[dict], None] | None = None,
+        profile: bool = False,
     ):
+        """`profile`: time the phases of every step (see step_profile.py) also on CUDA, where that synchronises
+        the device at each phase; on CPU they are always timed (it costs nothing) and land in the history."""
         self.config = config
         self.on_epoch_end = on_epoch_end  # every rank, after the epoch's checkpoint: the epoch's record
         self.fingerprint = fingerprint or json.dumps(asdict(config), sort_keys=True)
@@ -159,6 +163,15 @@ class Trainer:
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: config.lr_factor(s, steps)),
             config=deepspeed_config(ds_config, config, train_loader.micro_batch),
         )
+        if config.channels_last and config.zero_stage == 0 and config.precision == "fp32":
+            # NHWC weights, after DeepSpeed's start-up broadcast (which needs contiguous parameters); the parameter
+            # objects stay the optimizer's. ZeRO and bf16/fp16 keep flat buffers viewing the parameters: NHWC
+            # inputs only there (convolutions then still run NHWC, at about half the gain)
+            self.engine.module.to(memory_format=torch.channels_last)
+        on_cuda = self.device.type == "cuda"
+        self.profile = StepProfile(sync=torch.cuda.synchronize if on_cuda else None) if profile or not on_cuda else None
+        if self.profile is not None:
+            self.profile.wrap(self.engine, "allreduce_gradients", "allreduce")
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.best: dict = {}
         self.history: list[dict] = []
@@ -343,8 +356,8 @@ class Trainer:
         """Bare fp32 state_dict of the model (reference `model_best.pth` format), written atomically."""
         path = self.out_dir / name
         if is_main():
-            state = {
-                k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
+            state = {  # contiguous: a channels_last run's file loads like any other
+                k: (v.detach().float() if v.is_floating_point() else v).cpu().contiguous()
                 for k, v in self.engine.module.state_dict().items()
             }
             torch.save(state, path.with_name(path.name + ".partial"))
@@ -363,31 +376,41 @@ class Trainer:
         )
         seen, started = 0, time.perf_counter()
         dtype = next(self.engine.module.parameters()).dtype
-        for batch in self.loader:
-            images, targets, weights = self.prepare_batch(batch, self.device)
-            out = self.engine(images.to(dtype))
-            loss = weighted_mse_loss(out.float(), targets, weights)
-            value, finite = mean_loss(loss)  # the same on every rank: every rank takes the same branch
+        memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
+        profile = self.profile or StepProfile()
+        profile.reset()
+        for batch in profile.iterate(self.loader):
+            with profile.phase("targets"):
+                images, targets, weights = self.prepare_batch(batch, self.device)
+                images = images.to(dtype=dtype, memory_format=memory_format)
+            with profile.phase("forward"):
+                out = self.engine(images)
+                loss = weighted_mse_loss(out.float(), targets, weights)
+                value, finite = mean_loss(loss)  # the same on every rank: every rank takes the same branch
             if finite:
-                self.engine.backward(loss)
-                self.engine.step()
+                with profile.phase("backward"):  # less the gradient all-reduce inside it (its own phase)
+                    self.engine.backward(loss)
+                with profile.phase("optimizer"):
+                    self.engine.step()
                 self._epoch_loss = [self._epoch_loss[0] + value, self._epoch_loss[1] + 1]
             else:
                 self._nonfinite_loss(batch)
             self.step_in_epoch += 1
             self.global_step += 1
             seen += images.shape[0] * self.world_size
-            lr = self.optimizer.param_groups[0]["lr"]
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{value:.2e}", lr=f"{lr:.1e}", sps=f"{seen / (time.perf_counter() - started):.1f}"
-                )
-            if is_main() and self.global_step % self.config.log_every_steps == 0:
-                self.tracker.log_metrics({"train/loss": value, "train/lr": lr}, step=self.global_step)
+            with profile.phase("logging"):
+                lr = self.optimizer.param_groups[0]["lr"]
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(
+                        loss=f"{value:.2e}", lr=f"{lr:.1e}", sps=f"{seen / (time.perf_counter() - started):.1f}"
+                    )
+                if is_main() and self.global_step % self.config.log_every_steps == 0:
+                    self.tracker.log_metrics({"train/loss": value, "train/lr": lr}, step=self.global_step)
             every = self.config.checkpoint_every_steps
             if every and self.global_step % every == 0 and self.step_in_epoch < total:  # epoch ends save anyway
-                self.save_checkpoint()
+                with profile.phase("checkpoint"):
+                    self.save_checkpoint()
         if bar is not None:
             bar.close()
         elapsed = time.perf_counter() - started
@@ -399,6 +422,8 @@ class Trainer:
         }
         if self.skipped_steps:
             record["train/skipped_steps"] = float(self.skipped_steps)
+        if self.profile is not None:
+            record.update({f"profile/{name}_ms": ms for name, ms in self.profile.per_step_ms().items()})
         return record
 
     def _nonfinite_loss(self, batch: dict) -> None:
@@ -430,7 +455,9 @@ class Trainer:
                 (self.epoch + 1) % self.config.val_every_epochs == 0 or self.epoch + 1 == self.config.epochs
             )
             if validate_now:
+                started = time.perf_counter()
                 metrics, predictions = self.validate(self.engine.module)
+                record["time/validation_s"] = time.perf_counter() - started
                 record.update({f"val/{k}": v for k, v in metrics.items()})
                 gate = metrics[self.gate_metric]
                 if not self.best or gate > self.best["gate"]:
