@@ -22,16 +22,17 @@ def _qkv(n, length, dim, dtype=torch.float32, seed=0):
     return [(3 * torch.randn(n, length, dim, generator=g, dtype=dtype)).requires_grad_() for _ in range(3)]
 
 
+@pytest.mark.parametrize("masks", ["numpy", "torch"])
 @pytest.mark.parametrize("p", [0.0, 0.1, 0.5])
 @pytest.mark.parametrize(("n", "length", "dim", "tile_elements"), [
     (6, 50, 16, 1000),  # row blocks of 20 rows, the last one short
     (5, 64, 8, 64 * 64 * 2),  # two whole batch-heads per tile, the last tile one
     (2, 37, 32, 1 << 20),  # everything in one tile
 ])  # fmt: skip
-def test_value_and_gradient_equal_the_explicit_formulation(p, n, length, dim, tile_elements):
+def test_value_and_gradient_equal_the_explicit_formulation(p, n, length, dim, tile_elements, masks):
     q, k, v = _qkv(n, length, dim)
-    out = blocked_attention(q, k, v, p, seed=11, tile_elements=tile_elements)
-    multiplier = keep_mask(11, n, length, p, tile_elements) if p else None
+    out = blocked_attention(q, k, v, p, seed=11, tile_elements=tile_elements, masks=masks)
+    multiplier = keep_mask(11, n, length, p, tile_elements, masks=masks) if p else None
     ref = explicit(q, k, v, multiplier)
     grad = torch.randn_like(out)
     ours, theirs = torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)
@@ -50,14 +51,17 @@ def test_float64_agrees_to_rounding_and_passes_gradcheck():
     assert torch.autograd.gradcheck(lambda *t: blocked_attention(*t, 0.3, seed=3, tile_elements=40), (q, k, v))
 
 
-def test_dropout_keeps_each_score_with_probability_one_minus_p():
+@pytest.mark.parametrize("masks", ["numpy", "torch"])
+def test_dropout_keeps_each_score_with_probability_one_minus_p(masks):
     p, n, length = 0.1, 4, 256
-    multiplier = keep_mask(7, n, length, p, tile_elements=10_000)
+    multiplier = keep_mask(7, n, length, p, tile_elements=10_000, masks=masks)
     kept = multiplier > 0
     assert torch.allclose(multiplier[kept], torch.tensor(1 / (1 - p)))
     frac = kept.double().mean().item()
     assert abs(frac - (1 - p)) < 4 * (p * (1 - p) / kept.numel()) ** 0.5  # within 4 sigma of 0.9 over 262k draws
-    assert not torch.equal(multiplier, keep_mask(8, n, length, p, tile_elements=10_000))  # the seed matters
+    assert not torch.equal(
+        multiplier, keep_mask(8, n, length, p, tile_elements=10_000, masks=masks)
+    )  # the seed matters
     assert len(tiles(n, length, 10_000)) == n * 7  # 39 rows a tile: 7 tiles per batch-head
 
 

@@ -16,6 +16,7 @@ from transpose.models.checkpoint import (
     load_reference_checkpoint,
     read_state_dict,
 )
+from transpose.models.dropout import MASK_SOURCES, set_dropout_masks
 from transpose.models.registry import MODELS, create_model, list_models
 from transpose.models.transformer import ATTENTION_KINDS, set_attention
 from transpose.models.transpose_net import DataConfig, TransPose, TransPoseH, TransPoseR
@@ -23,6 +24,7 @@ from transpose.models.transpose_net import DataConfig, TransPose, TransPoseH, Tr
 __all__ = [
     "ATTENTION_KINDS",
     "CARD_NAME",
+    "MASK_SOURCES",
     "MODELS",
     "CheckpointMismatchError",
     "DataConfig",
@@ -42,4 +44,5 @@ __all__ = [
     "read_card",
     "read_state_dict",
     "set_attention",
+    "set_dropout_masks",
 ]

@@ -7,15 +7,16 @@ math kernel, which stores every layer's [B, h, L, L] softmax and dropout mask fo
 reference does. Here the query rows are processed in tiles of about `tile_elements` scores: the forward pass keeps
 only q, k, v and the output; the backward pass recomputes each tile's probabilities (FlashAttention's recipe) and
 regenerates its dropout mask, so the same mask is applied in both passes. A score is kept with probability
-1 - p and then scaled by 1 / (1 - p), as `F.dropout`; a tile's draws come from a generator seeded with the
+1 - p (to 2^-16) and then scaled by 1 / (1 - p), as `F.dropout`; a tile's draws come from a generator seeded with the
 call's seed and the tile's number, which `keep_mask` reproduces for tests.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
+
+from transpose.models.dropout import MASK_SOURCES, draw_seed, keep_words
 
 DEFAULT_TILE_ELEMENTS = 1 << 18  # scores per tile: 1 MB in float32, cache-sized on the CPUs measured
 
@@ -32,34 +33,32 @@ def tiles(n: int, length: int, tile_elements: int = DEFAULT_TILE_ELEMENTS) -> li
     ]
 
 
-def _tile_keep(seed: int, number: int, like: Tensor, p: float) -> Tensor:
-    """True where the tile's score is kept (probability 1 - p, to 2^-32), drawn from (seed, tile number).
-
-    On CPU the draws are 32-bit words of NumPy's SFC64 generator, about 4x faster than torch.rand here (which
-    would cost more than the rest of the tile); elsewhere torch's generator on the tensor's device.
-    """
-    if like.device.type == "cpu":
-        count = like.numel()
-        words = np.random.SFC64([seed, number]).random_raw((count + 1) // 2).view(np.uint32)[:count]
-        return torch.from_numpy(words >= np.uint32(min(round(p * 2**32), 2**32 - 1))).view(like.shape)
+def _tile_keep(seed: int, number: int, like: Tensor, p: float, masks: str = "numpy") -> Tensor:
+    """1.0 where the tile's score is kept (probability 1 - p), else 0.0, in `like`'s dtype, drawn from
+    (seed, tile number): on CPU by NumPy (`transpose.models.dropout.keep_words`), about 4x faster than
+    torch.rand there; elsewhere, or with masks="torch", by torch's generator on the tensor's device. A float
+    mask multiplies about 7x faster than a bool one, which torch first converts."""
+    if like.device.type == "cpu" and masks == "numpy":
+        return torch.from_numpy(keep_words(seed, number, like.numel(), p)).view(like.shape).to(like.dtype)
     generator = torch.Generator(device=like.device).manual_seed(seed + number)
-    return torch.rand(like.shape, dtype=torch.float32, device=like.device, generator=generator) >= p
+    uniform = torch.rand(like.shape, dtype=torch.float32, device=like.device, generator=generator)
+    return (uniform >= p).to(like.dtype)
 
 
 def keep_mask(
     seed: int, n: int, length: int, p: float, tile_elements: int = DEFAULT_TILE_ELEMENTS,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float32, masks: str = "numpy",
 ) -> Tensor:  # fmt: skip
     """The [n, L, L] dropout multiplier (0 or 1/(1-p)) that `blocked_attention(..., seed=seed)` applies."""
     out = torch.empty(n, length, length, dtype=dtype)
     for number, (b, r) in enumerate(tiles(n, length, tile_elements)):
-        out[b, r] = _tile_keep(seed, number, out[b, r], p).to(dtype) / (1.0 - p)
+        out[b, r] = _tile_keep(seed, number, out[b, r], p, masks) / (1.0 - p)
     return out
 
 
 class _BlockedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, p: float, seed: int, tile_elements: int) -> Tensor:
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, p: float, seed: int, tile_elements: int, masks: str) -> Tensor:
         n, length, dim = q.shape
         q_scaled = q * dim**-0.5
         k_t = k.transpose(1, 2).contiguous()
@@ -67,12 +66,12 @@ class _BlockedAttention(torch.autograd.Function):
         for number, (b, r) in enumerate(tiles(n, length, tile_elements)):
             probs = torch.softmax(torch.bmm(q_scaled[b, r], k_t[b]), dim=-1)  # [nb, rows, L]
             if p > 0:
-                probs.mul_(_tile_keep(seed, number, probs, p))
+                probs.mul_(_tile_keep(seed, number, probs, p, masks))
             torch.bmm(probs, v[b], out=out[b, r])
         if p > 0:
             out.div_(1.0 - p)
         ctx.save_for_backward(q_scaled, k_t, v, out)
-        ctx.p, ctx.seed, ctx.tile_elements = p, seed, tile_elements
+        ctx.p, ctx.seed, ctx.tile_elements, ctx.masks = p, seed, tile_elements, masks
         return out
 
     @staticmethod
@@ -89,9 +88,9 @@ class _BlockedAttention(torch.autograd.Function):
             probs = torch.softmax(torch.bmm(q_scaled[b, r], k_t[b]), dim=-1)  # P of the forward pass
             grad = torch.bmm(grad_out[b, r], v_t[b])  # dL/dZ for Z = P * keep / (1 - p)
             if p > 0:
-                keep = _tile_keep(seed, number, probs, p)
+                keep = _tile_keep(seed, number, probs, p, ctx.masks)
                 grad.mul_(keep)
-                probs_kept = probs * keep
+                probs_kept = keep.mul_(probs)
             else:
                 probs_kept = probs
             grad.sub_(delta[b, r]).mul_(probs)  # (1 - p) * dL/dS, S = q_scaled k^T
@@ -101,23 +100,26 @@ class _BlockedAttention(torch.autograd.Function):
         inverse = 1.0 / (1.0 - p)
         dq.mul_(inverse * dim**-0.5)
         dk = dk_t.transpose(1, 2).mul_(inverse)
-        return dq, dk, dv.mul_(inverse), None, None, None
+        return dq, dk, dv.mul_(inverse), None, None, None, None
 
 
 def blocked_attention(
     q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0, seed: int | None = None,
-    tile_elements: int = DEFAULT_TILE_ELEMENTS,
+    tile_elements: int = DEFAULT_TILE_ELEMENTS, masks: str = "numpy",
 ) -> Tensor:  # fmt: skip
     """Dropout_p(softmax(q k^T / sqrt(d))) v for q, k, v [..., L, d], in tiles, differentiable.
 
     `seed` fixes the dropout masks (see `keep_mask`); by default one is drawn from torch's global generator, so a
-    seeded (or resumed) run draws the same masks.
+    seeded (or resumed) run draws the same masks. `masks`: "numpy" (the CPU default) or "torch", the generator
+    that draws them on CPU (see `transpose.models.dropout`).
     """
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if masks not in MASK_SOURCES:
+        raise ValueError(f"masks {masks!r}: use one of {', '.join(MASK_SOURCES)}")
     if dropout_p > 0 and seed is None:
-        seed = int(torch.randint(0, 2**62, (1,)).item())
+        seed = draw_seed()
     lead = q.shape[:-2]
     flat = [t.reshape(-1, *t.shape[-2:]) for t in (q, k, v)]
-    out = _BlockedAttention.apply(*flat, float(dropout_p), int(seed or 0), int(tile_elements))
+    out = _BlockedAttention.apply(*flat, float(dropout_p), int(seed or 0), int(tile_elements), masks)
     return out.view(*lead, *out.shape[-2:])

@@ -7,6 +7,8 @@ Changes from torch.nn.TransformerEncoderLayer:
       (where PyTorch's fused kernels have no dropout) the tiled `blocked_attention`; the explicit softmax path
       runs only when the caller asks for the head-averaged attention map (explanations) or for
       `set_attention(model, "explicit")`, the reference's formulation (benchmarks).
+    * on CPU the dropout masks are drawn by NumPy (`transpose.models.dropout`: same semantics, a third of
+      bernoulli_'s cost); `set_dropout_masks(model, "torch")` draws them with torch's generator.
 Parameter names equal nn.MultiheadAttention's (in_proj_weight, in_proj_bias, out_proj), so reference
 checkpoints load unchanged.
 """
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from transpose.models.blocked_attention import blocked_attention
+from transpose.models.dropout import Dropout
 
 ATTENTION_KINDS = ("fused", "explicit")
 
@@ -33,6 +36,7 @@ class PositionalSelfAttention(nn.Module):
         self.nhead = nhead
         self.dropout = dropout
         self.attention = "fused"  # or "explicit": see set_attention
+        self.dropout_masks = "numpy"  # or "torch": see transpose.models.dropout.set_dropout_masks
         self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
         self.out_proj = nn.Linear(d_model, d_model)
@@ -59,7 +63,7 @@ class PositionalSelfAttention(nn.Module):
             weights = attn.mean(dim=1) if need_weights else None
             out = F.dropout(attn, p, training=self.training) @ v
         elif p > 0 and q.device.type == "cpu" and torch.is_grad_enabled():
-            out = blocked_attention(q, k, v, dropout_p=p)
+            out = blocked_attention(q, k, v, dropout_p=p, masks=self.dropout_masks)
         else:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         b, _, n, _ = out.shape
@@ -74,12 +78,12 @@ class TransformerEncoderLayer(nn.Module):
         super().__init__()
         self.self_attn = PositionalSelfAttention(d_model, nhead, dropout)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
 
     def forward(self, x: Tensor, pos: Tensor | None, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         attended, weights = self.self_attn(x, pos, need_weights)
