@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from report_sections import section
 
 from dataops.datasets import coco as coco_reader
 from dataops.datasets import read_coco_keypoints
@@ -156,12 +157,6 @@ def test_plan_shards_keeps_finished_shards_and_finds_stale_ones(realdata, tmp_pa
     changed = plan_shards(records[1:7], kset, tmp_path, "train", config)  # other records in each shard
     assert changed.kept == {} and changed.todo == [0, 1]
     assert sorted(p.name for p in tmp_path.glob("train-*.tar")) == shards  # planning changes nothing
-
-
-def section(text: str, name: str) -> str:
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    assert start in text and end in text, text[-2000:]
-    return text[text.index(start) + len(start) : text.index(end)]
 
 
 def test_the_rehearsal_runs_at_a_tiny_scale_and_writes_its_table(tmp_path):

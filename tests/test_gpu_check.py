@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from report_sections import section
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 CHECKS = (
@@ -20,12 +22,6 @@ CHECKS = (
     "eval bf16 (cpu vs fp32)",
 )
 TRAINING = ("fp32, SDPA", "bf16, SDPA", "fp32, explicit attention (reference formulation)")
-
-
-def section(text: str, name: str) -> str:
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    assert start in text and end in text, text[-2000:]
-    return text[text.index(start) + len(start) : text.index(end)]
 
 
 def test_the_gpu_check_runs_every_path_in_cpu_mode_and_writes_its_section(tmp_path):
