@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from transpose.engine.config import TrainConfig
+from transpose.engine.trainer import apply_model_options
 from transpose.models import create_model, set_attention
 from transpose.models.blocked_attention import blocked_attention, keep_mask, tiles
 from transpose.models.transformer import PositionalSelfAttention
@@ -142,3 +144,15 @@ def test_bad_arguments_are_explained():
         blocked_attention(q, k, v, 1.0)
     with pytest.raises(ValueError, match="attention kind 'flash': use one of fused, explicit"):
         set_attention(create_model("transpose_r_tiny"), "flash")
+
+
+def test_the_train_config_chooses_the_attention_and_the_masks():
+    model = apply_model_options(
+        create_model("transpose_r_tiny"), TrainConfig(attention="explicit", dropout_masks="torch")
+    )
+    attentions = [m for m in model.modules() if isinstance(m, PositionalSelfAttention)]
+    assert attentions and {(m.attention, m.dropout_masks) for m in attentions} == {("explicit", "torch")}
+    default = apply_model_options(create_model("transpose_r_tiny"), TrainConfig())
+    assert {m.attention for m in default.modules() if isinstance(m, PositionalSelfAttention)} == {"fused"}
+    with pytest.raises(ValueError, match="attention: must be fused or explicit, got 'flash'"):
+        TrainConfig(attention="flash")

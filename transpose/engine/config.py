@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from transpose.models.dropout import MASK_SOURCES
+from transpose.models.transformer import ATTENTION_KINDS
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class TrainConfig:
     dropout: float | None = None  # None keeps the model's (0.1); 0 for exact multi-process equivalence tests
     channels_last: bool = True  # NHWC convolutions (1.2x faster steps on CPU; docs/benchmarks.md); false: NCHW
     dropout_masks: str = "numpy"  # CPU dropout masks drawn by NumPy (faster; docs/benchmarks.md) | "torch"
+    attention: str = "fused"  # no L x L matrix kept (tiled on CPU) | "explicit": the reference's, for comparisons
     checkpoint_every_steps: int = 0  # also save every N optimizer steps (0: epoch ends only)
     keep_checkpoints: int = 2
     keep_previous_runs: int = 2  # checkpoint folders of earlier runs (another fingerprint) kept aside
@@ -48,6 +50,7 @@ class TrainConfig:
             "grad_clip": (self.grad_clip >= 0, "must be at least 0 (0: off)"),
             "dropout": (self.dropout is None or 0 <= self.dropout < 1, "must be in [0, 1) (or null)"),
             "dropout_masks": (self.dropout_masks in MASK_SOURCES, f"must be {' or '.join(MASK_SOURCES)}"),
+            "attention": (self.attention in ATTENTION_KINDS, f"must be {' or '.join(ATTENTION_KINDS)}"),
             "checkpoint_every_steps": (self.checkpoint_every_steps >= 0, "must be at least 0 (0: epoch ends)"),
             "keep_checkpoints": (self.keep_checkpoints >= 1, "must be at least 1"),
             "keep_previous_runs": (self.keep_previous_runs >= 0, "must be at least 0"),

@@ -65,6 +65,7 @@ from transpose.engine.step_profile import StepProfile
 from transpose.engine.tracking import NullTracker, Tracker
 from transpose.losses import weighted_mse_loss
 from transpose.models.dropout import set_dropout_masks
+from transpose.models.transformer import set_attention
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -92,6 +93,7 @@ def deepspeed_config(base: dict, config: TrainConfig, micro_batch: int) -> dict:
 
 def apply_model_options(model: nn.Module, config: TrainConfig) -> nn.Module:
     set_dropout_masks(model, config.dropout_masks)
+    set_attention(model, config.attention)
     if config.dropout is not None:
         for m in model.modules():
             if isinstance(m, nn.Dropout):
