@@ -8,7 +8,8 @@ Command (writes the `default_step` section of docs/benchmarks.md; about 5 minute
 
 The model, input size and batch are the params.yaml `pretrain` section's. A step is forward + 0.5 * MSE +
 backward + Adam in training mode (dropout 0.1), 1 thread. Each cell is a fresh process timing 15 steps after 3
-untimed ones; "pair" runs two such processes at once, as the default's two training processes share the 2 cores.
+untimed ones (`bench_train_step.measure_cell`); "pair" runs two such processes at once, as the default's two
+training processes share the 2 cores.
 Rounds alternate the formulations, so a host that changes speed mid-run affects each alike. The speed-ups are of
 the fastest step: on the shared 2-core hosts measured, a process's CPU time equals its wall time while its steps
 still vary by 1.5x from minute to minute (the cores themselves run slower while neighbours load them), and the
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from bench_train_step import Config, measure_cell
 from report import DEFAULT_REPORT, REPO_ROOT, cpu_description, write_section
 
 # name -> (NHWC convolutions, attention, dropout masks): TrainConfig's channels_last, attention, dropout_masks
@@ -43,35 +45,10 @@ WARMUP, STEPS = 3, 15
 
 def time_steps(model_name: str, image_size: tuple[int, int], batch: int, formulation: str) -> tuple[float, float]:
     """Inside the cell's process: the fastest and the median ms of a train step of the formulation."""
-    import torch
-
-    from transpose.models import create_model, set_attention, set_dropout_masks
-
     channels_last, attention, masks = FORMULATIONS[formulation]
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = set_dropout_masks(set_attention(create_model(model_name, image_size=image_size), attention), masks)
-    x = torch.randn(batch, 3, *image_size)
-    if channels_last:
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    with torch.no_grad():
-        target = torch.zeros_like(model.eval()(x[:1])).expand(batch, -1, -1, -1).contiguous()
-    model.train()
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        (0.5 * torch.nn.functional.mse_loss(model(x), target)).backward()
-        optimizer.step()
-
-    for _ in range(WARMUP):
-        step()
-    times = []
-    for _ in range(STEPS):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return 1e3 * min(times), 1e3 * statistics.median(times)
+    config = Config(model_name, image_size, batch, "train")
+    cell = measure_cell(config, attention, 1, WARMUP, STEPS, channels_last=channels_last, dropout_masks=masks)
+    return 1e3 * min(cell.step_s), 1e3 * statistics.median(cell.step_s)
 
 
 def launch(section: dict, formulation: str) -> subprocess.Popen:

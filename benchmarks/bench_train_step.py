@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from transpose.models import set_attention
+from transpose.models import set_attention, set_dropout_masks
 
 from measure import busy_warning, matmul_gflops, time_calls
 from model_zoo import build_model, make_input
@@ -82,11 +82,17 @@ class Cell:
         return self.batch / statistics.median(self.step_s)
 
 
-def measure_cell(config: Config, kind: str, threads: int, warmup: int, repeats: int) -> Cell:
-    """Inside the subprocess: build, measure the first step's peak RSS, then time the steps."""
+def measure_cell(
+    config: Config, kind: str, threads: int, warmup: int, repeats: int,
+    channels_last: bool = False, dropout_masks: str = "numpy",
+) -> Cell:  # fmt: skip
+    """Inside the subprocess: build, measure the first step's peak RSS, then time the steps (NHWC convolutions
+    with `channels_last`; `dropout_masks` as `set_dropout_masks`)."""
     torch.set_num_threads(threads)
-    model = set_attention(build_model(config.model, config.image_size), kind)
+    model = set_dropout_masks(set_attention(build_model(config.model, config.image_size), kind), dropout_masks)
     x = make_input(config.batch, config.image_size)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     if config.mode == "train":
         model.train()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
