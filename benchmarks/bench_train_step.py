@@ -1,7 +1,7 @@
 """Training step and eval forward on CPU: the project's attention (no L x L matrix kept) against the explicit
 formulation (the reference's nn.MultiheadAttention: softmax stored, dropout on it, @ v), in one run.
 
-Command (writes the `train_step` section of docs/benchmarks.md; about 10 minutes on a quiet 2-core machine):
+Command (writes the `train_step` section of docs/benchmarks.md; about 30 minutes on 2 cores):
 
     .venv/bin/python benchmarks/bench_train_step.py
 
@@ -14,7 +14,8 @@ models' dropout 0.1 (attention dropout included), fp32, seed-0 weights. `fused` 
 (`transpose.models.blocked_attention` on CPU); `explicit` is `set_attention(model, "explicit")`. Eval rows time
 `model(x)` under torch.inference_mode() (fused: F.scaled_dot_product_attention). Each cell is a fresh
 subprocess: its peak memory is the kernel's RSS high-water mark during the first step minus the RSS after
-building model, optimizer and batch (see probe.py), its time the median of the timed steps after one warm-up.
+building model, optimizer and batch (see probe.py). Each row runs --rounds cells of each kind, alternating
+(fused, explicit, explicit, fused): its samples/s are those of the fastest timed step, its peak the highest.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -79,39 +81,71 @@ class Cell:
 
     @property
     def samples_per_s(self) -> float:
-        return self.batch / statistics.median(self.step_s)
+        """At the fastest timed step: on the shared hosts measured, the cores' speed drifts by tens of percent
+        from minute to minute, and the fastest step moves least."""
+        return self.batch / min(self.step_s)
+
+    @classmethod
+    def merged(cls, cells: Sequence[Cell]) -> Cell:
+        """One cell of several rounds: all their timed steps, the highest peak, the mean cores busy."""
+        return cls(
+            batch=cells[0].batch,
+            peak_mib=max(c.peak_mib for c in cells),
+            step_s=[t for c in cells for t in c.step_s],
+            cores=statistics.mean(c.cores for c in cells),
+            loss=cells[0].loss,
+        )
+
+
+def _no_scope(name: str) -> AbstractContextManager:
+    return nullcontext()
+
+
+def make_step(
+    config: Config, kind: str, channels_last: bool = False, dropout_masks: str = "numpy",
+    scope: Callable[[str], AbstractContextManager] = _no_scope,
+) -> Callable[[], float]:  # fmt: skip
+    """Build the model (attention `kind`, NHWC convolutions with `channels_last`, `dropout_masks` as
+    `set_dropout_masks`), its batch and, to train, Adam and a fixed target; returns one step, which returns the
+    loss (train) or the max |heatmap| (eval). `scope(phase)` wraps its forward, backward and optimizer phases
+    (a profiler's record_function, say)."""
+    model = set_dropout_masks(set_attention(build_model(config.model, config.image_size), kind), dropout_masks)
+    x = make_input(config.batch, config.image_size)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    if config.mode != "train":
+
+        def evaluate() -> float:
+            with torch.inference_mode(), scope("forward"):
+                return model(x).abs().max().item()
+
+        return evaluate
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    with torch.no_grad():
+        target = torch.zeros_like(model.eval()(x[:1])).expand(config.batch, -1, -1, -1).contiguous()
+    model.train()
+
+    def train() -> float:
+        with scope("optimizer"):
+            optimizer.zero_grad(set_to_none=True)
+        with scope("forward"):
+            loss = 0.5 * torch.nn.functional.mse_loss(model(x), target)
+        with scope("backward"):
+            loss.backward()
+        with scope("optimizer"):
+            optimizer.step()
+        return loss.item()
+
+    return train
 
 
 def measure_cell(
     config: Config, kind: str, threads: int, warmup: int, repeats: int,
     channels_last: bool = False, dropout_masks: str = "numpy",
 ) -> Cell:  # fmt: skip
-    """Inside the subprocess: build, measure the first step's peak RSS, then time the steps (NHWC convolutions
-    with `channels_last`; `dropout_masks` as `set_dropout_masks`)."""
+    """Inside the subprocess: build, measure the first step's peak RSS, then time the steps (see make_step)."""
     torch.set_num_threads(threads)
-    model = set_dropout_masks(set_attention(build_model(config.model, config.image_size), kind), dropout_masks)
-    x = make_input(config.batch, config.image_size)
-    if channels_last:
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    if config.mode == "train":
-        model.train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-        with torch.no_grad():
-            target = torch.zeros_like(model.eval()(x[:1])).expand(config.batch, -1, -1, -1).contiguous()
-        model.train()
-
-        def step() -> float:
-            optimizer.zero_grad(set_to_none=True)
-            loss = 0.5 * torch.nn.functional.mse_loss(model(x), target)
-            loss.backward()
-            optimizer.step()
-            return loss.item()
-    else:
-
-        def step() -> float:
-            with torch.inference_mode():
-                return model(x).abs().max().item()
-
+    step = make_step(config, kind, channels_last, dropout_masks)
     gc.collect()
     reset_peak_rss()
     baseline = status_kib("VmRSS") or 0
@@ -143,18 +177,21 @@ def _label(config: Config) -> str:
     return f"{config.model} {config.image_size[0]}x{config.image_size[1]} b={config.batch} {config.mode}"
 
 
-def measure(configs: Sequence[Config], threads: int, warmup: int, repeats: int) -> list[dict[str, Cell]]:
+def measure(configs: Sequence[Config], threads: int, warmup: int, repeats: int, rounds: int) -> list[dict[str, Cell]]:
+    """Per config, `rounds` cells of each kind, in the order fused, explicit, explicit, fused, ... so that a
+    host whose speed drifts during a row slows both kinds alike; each kind's cells merged (Cell.merged)."""
     rows = []
     for config in configs:
-        row = {}
-        for kind in KINDS:
-            row[kind] = cell = launch_cell(config, kind, threads, warmup, repeats)
-            print(
-                f"{_label(config):45s} {kind:8s}: {cell.samples_per_s:6.2f} samples/s, peak +{cell.peak_mib:.0f} MiB, "
-                f"{cell.cores:.2f} cores busy{busy_warning(cell.cores)}",
-                flush=True,
-            )
-        rows.append(row)
+        cells: dict[str, list[Cell]] = {kind: [] for kind in KINDS}
+        for round_ in range(rounds):
+            for kind in KINDS if round_ % 2 == 0 else KINDS[::-1]:
+                cells[kind].append(cell := launch_cell(config, kind, threads, warmup, repeats))
+                print(
+                    f"{_label(config):45s} {kind:8s}: {cell.samples_per_s:6.2f} samples/s at the fastest step, "
+                    f"peak +{cell.peak_mib:.0f} MiB, {cell.cores:.2f} cores busy{busy_warning(cell.cores)}",
+                    flush=True,
+                )
+        rows.append({kind: Cell.merged(kind_cells) for kind, kind_cells in cells.items()})
     return rows
 
 
@@ -186,7 +223,7 @@ def verdicts(configs: Sequence[Config], rows: Sequence[dict[str, Cell]]) -> list
     return lines
 
 
-def render(configs, rows, lines, threads, started, elapsed_s, gemm, runs, quick) -> str:
+def render(configs, rows, lines, threads, started, elapsed_s, gemm, runs, rounds, quick) -> str:
     out = [
         "## Training step: the project's attention vs the explicit formulation (CPU)",
         "",
@@ -195,8 +232,10 @@ def render(configs, rows, lines, threads, started, elapsed_s, gemm, runs, quick)
         f"- torch {torch.__version__}, `torch.set_num_threads({threads})`; CPU: {cpu_description()}",
         f"- fp32 1024x1024 GEMM: {gemm[0]:.0f} GFLOP/s before, {gemm[1]:.0f} after (a gap means a busy host)",
         f"- train step: forward + 0.5 * MSE + backward + Adam, dropout 0.1; eval: forward under inference_mode; "
-        f"median of {runs[1]} timed steps after {runs[0]} warm-up; each cell a fresh process, peak = RSS "
-        "high-water mark of the first step minus the RSS before it",
+        f"samples/s at the fastest of {runs[1]} timed steps (after {runs[0]} warm-up) in each of {rounds} cells "
+        "per kind (fresh processes, in the order fused, explicit, explicit, fused, ...: this host's speed drifts "
+        "by tens of percent within minutes, and the fastest step moves least); peak = the RSS high-water mark of "
+        "the first step minus the RSS before it, the highest of the cells",
         "",
         "| model | input | batch | mode | fused samples/s | explicit samples/s | speed-up | fused peak (MiB) "
         "| explicit peak (MiB) | memory | cores busy (fused / explicit) |",
@@ -217,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="smoke test: batch 2, one timed step, no report")
+    parser.add_argument("--rounds", type=int, default=2, help="cells per kind and row (default 2; --quick: 1)")
     parser.add_argument("--out", type=Path, default=None, help=f"markdown file (default {DEFAULT_REPORT})")
     parser.add_argument("--probe", help=argparse.SUPPRESS)  # internal: one cell, as JSON
     args = parser.parse_args(argv)
@@ -224,14 +264,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(probe_reply(args.probe), flush=True)
         return 0
     configs, runs = (QUICK_CONFIGS, (0, 1)) if args.quick else (FULL_CONFIGS, (1, 3))
+    rounds = 1 if args.quick else args.rounds
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     torch.set_num_threads(args.threads)
     gemm_before = matmul_gflops()
-    rows = measure(configs, args.threads, *runs)
+    rows = measure(configs, args.threads, *runs, rounds)
     gemm = (gemm_before, matmul_gflops())
     lines = verdicts(configs, rows)
     print("\n".join(lines), flush=True)
-    body = render(configs, rows, lines, args.threads, started, time.perf_counter() - t0, gemm, runs, args.quick)
+    body = render(configs, rows, lines, args.threads, started, time.perf_counter() - t0, gemm, runs, rounds, args.quick)
     out = args.out if args.out is not None else (None if args.quick else DEFAULT_REPORT)
     if out is not None:
         write_section(out, SECTION, body)
