@@ -30,6 +30,7 @@ def _qkv(n, length, dim, dtype=torch.float32, seed=0):
     (6, 50, 16, 1000),  # row blocks of 20 rows, the last one short
     (5, 64, 8, 64 * 64 * 2),  # two whole batch-heads per tile, the last tile one
     (2, 37, 32, 1 << 20),  # everything in one tile
+    (1, 1100, 8, None),  # the default for long rows: blocks of 256 rows, the last one short
 ])  # fmt: skip
 def test_value_and_gradient_equal_the_explicit_formulation(p, n, length, dim, tile_elements, masks):
     q, k, v = _qkv(n, length, dim)
@@ -43,6 +44,15 @@ def test_value_and_gradient_equal_the_explicit_formulation(p, n, length, dim, ti
     for a, b in zip(ours, theirs, strict=True):
         assert b.abs().max() > 1e-3  # real gradients, not vanishing ones
         assert torch.allclose(a, b, atol=1e-5 * b.abs().max().item(), rtol=0), float((a - b).abs().max())
+
+
+def test_default_tiles_hold_2_18_scores_or_256_rows_where_rows_are_long():
+    assert tiles(64, 192) == [(slice(b, min(b + 7, 64)), slice(0, 192)) for b in range(0, 64, 7)]  # the default model
+    assert {r.stop - r.start for _, r in tiles(64, 768)} == {341, 86}  # TransPose-R at 256x192: 2^18 scores
+    for length in (3072, 6912):  # TransPose-H at 256x192 and 384x288: 256 rows, not 85 or 37
+        layout = tiles(2, length)
+        assert {r.stop - r.start for _, r in layout[:-1]} == {256}
+        assert sum(r.stop - r.start for _, r in layout) == 2 * length
 
 
 def test_float64_agrees_to_rounding_and_passes_gradcheck():
