@@ -187,7 +187,7 @@ def measure(configs: Sequence[Config], threads: int, warmup: int, repeats: int, 
             for kind in KINDS if round_ % 2 == 0 else KINDS[::-1]:
                 cells[kind].append(cell := launch_cell(config, kind, threads, warmup, repeats))
                 print(
-                    f"{_label(config):45s} {kind:8s}: {cell.samples_per_s:6.2f} samples/s at the fastest step, "
+                    f"{_label(config):45s} {kind:8s}: {cell.samples_per_s:6.3g} samples/s at the fastest step, "
                     f"peak +{cell.peak_mib:.0f} MiB, {cell.cores:.2f} cores busy{busy_warning(cell.cores)}",
                     flush=True,
                 )
@@ -244,8 +244,8 @@ def render(configs, rows, lines, threads, started, elapsed_s, gemm, runs, rounds
     for c, r in zip(configs, rows, strict=True):
         f, e = r["fused"], r["explicit"]
         out.append(
-            f"| {c.model} | {c.image_size[0]}x{c.image_size[1]} | {c.batch} | {c.mode} | {f.samples_per_s:.2f} "
-            f"| {e.samples_per_s:.2f} | {f.samples_per_s / e.samples_per_s:.2f}x | {f.peak_mib:.0f} | {e.peak_mib:.0f} "
+            f"| {c.model} | {c.image_size[0]}x{c.image_size[1]} | {c.batch} | {c.mode} | {f.samples_per_s:.3g} "
+            f"| {e.samples_per_s:.3g} | {f.samples_per_s / e.samples_per_s:.2f}x | {f.peak_mib:.0f} | {e.peak_mib:.0f} "
             f"| {f.peak_mib / max(e.peak_mib, 1e-9):.2f}x | {f.cores:.2f} / {e.cores:.2f} |"
         )
     out += ["", "Targets:", "", "```", *lines, "```"]
